@@ -1,0 +1,151 @@
+"""Batched image and text encoding to L2-normalised float32 embeddings.
+
+Images are decoded and preprocessed by a thread pool ahead of the model, so the model does not wait on
+JPEG decoding; one unreadable image is reported and skipped, never losing the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import ImageReadError
+from .images import ImageInput, open_image, source_name
+from .models import LoadedModel
+from .preprocess import PatchGrid, PreparedImage
+
+ProgressCallback = Callable[[int, int], None]  # (done, total)
+
+DEFAULT_IMAGE_BATCH = 32
+DEFAULT_TEXT_BATCH = 64
+
+
+@dataclass
+class ImageFailure:
+    source: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.reason}, skipped"
+
+
+@dataclass
+class ImageEmbeddings:
+    vectors: np.ndarray  # (n_encoded, dim) float32, rows L2-normalised, in input order
+    sources: list[str]  # one per row
+    input_positions: list[int]  # each row's position in the input sequence
+    grids: list[PatchGrid]
+    failures: list[ImageFailure] = field(default_factory=list)
+
+
+@dataclass
+class TextEmbeddings:
+    vectors: np.ndarray  # (n, dim) float32, rows L2-normalised
+    texts: list[str]
+    truncated: list[bool]
+    warnings: list[str] = field(default_factory=list)
+
+
+def l2_normalize(vectors: torch.Tensor) -> np.ndarray:
+    vectors = vectors.float()
+    return torch.nn.functional.normalize(vectors, dim=-1).cpu().numpy().astype(np.float32)
+
+
+@dataclass
+class _Prepared:
+    position: int
+    source: str
+    image: PreparedImage | None
+    failure: ImageFailure | None
+
+
+def _prepare(model: LoadedModel, position: int, item: ImageInput) -> _Prepared:
+    source = source_name(item, position)
+    try:
+        return _Prepared(position, source, model.image_preprocessor(open_image(item, position)), None)
+    except ImageReadError as error:
+        return _Prepared(position, source, None, ImageFailure(error.source, error.reason))
+
+
+def prepared_images(model: LoadedModel, images: Sequence[ImageInput], workers: int | None = None,
+                    lookahead: int = 64) -> Iterator[_Prepared]:
+    """Decode + preprocess in a thread pool, yielding in input order with a bounded lookahead."""
+    workers = workers or min(8, (os.cpu_count() or 2))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending = []
+        iterator = iter(enumerate(images))
+        for position, item in iterator:
+            pending.append(pool.submit(_prepare, model, position, item))
+            if len(pending) >= lookahead:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
+
+
+@torch.inference_mode()
+def embed_pixel_batch(model: LoadedModel, prepared: list[PreparedImage]) -> np.ndarray:
+    """(n, dim) normalised embeddings for already-preprocessed images."""
+    batch = model.image_preprocessor.collate(prepared)
+    output = model.model.get_image_features(**batch.model_inputs(model.device, model.dtype))
+    return l2_normalize(output.pooler_output)
+
+
+def encode_images(
+    model: LoadedModel,
+    images: Sequence[ImageInput],
+    batch_size: int = DEFAULT_IMAGE_BATCH,
+    progress: ProgressCallback | None = None,
+    workers: int | None = None,
+) -> ImageEmbeddings:
+    """Embed images (paths or PIL images); unreadable ones are listed in `failures`."""
+    vectors, sources, positions, grids, failures = [], [], [], [], []
+    pending: list[_Prepared] = []
+    done = 0
+
+    def flush():
+        nonlocal done
+        if pending:
+            vectors.append(embed_pixel_batch(model, [p.image for p in pending]))
+            sources.extend(p.source for p in pending)
+            positions.extend(p.position for p in pending)
+            grids.extend(p.image.grid for p in pending)
+            done += len(pending)
+            pending.clear()
+        if progress:
+            progress(done + len(failures), len(images))
+
+    for item in prepared_images(model, images, workers):
+        if item.failure:
+            failures.append(item.failure)
+            continue
+        pending.append(item)
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    stacked = np.concatenate(vectors) if vectors else np.zeros((0, model.embed_dim), dtype=np.float32)
+    return ImageEmbeddings(stacked, sources, positions, grids, failures)
+
+
+@torch.inference_mode()
+def encode_texts(
+    model: LoadedModel,
+    texts: Sequence[str],
+    batch_size: int = DEFAULT_TEXT_BATCH,
+    progress: ProgressCallback | None = None,
+) -> TextEmbeddings:
+    """Embed texts by the reference recipe (64 ids, no attention mask, pooled at the last position)."""
+    texts = list(texts)
+    tokens = model.tokenizer(texts)
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        ids = torch.from_numpy(tokens.input_ids[start : start + batch_size]).to(model.device)
+        chunks.append(l2_normalize(model.model.get_text_features(input_ids=ids).pooler_output))
+        if progress:
+            progress(min(start + batch_size, len(texts)), len(texts))
+    vectors = np.concatenate(chunks) if chunks else np.zeros((0, model.embed_dim), dtype=np.float32)
+    return TextEmbeddings(vectors, texts, tokens.truncated, tokens.warnings)

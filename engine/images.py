@@ -1,0 +1,97 @@
+"""Opening image files safely: EXIF orientation, any PIL mode to RGB, specific errors for bad files."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import ImageReadError
+
+try:  # HEIC/AVIF where the maintained plugin is installed
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover - optional
+    pass
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow's own default (about 89 megapixels); above it an image is treated as a decompression bomb.
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
+
+ImageInput = Union[str, os.PathLike, Image.Image]
+
+
+def source_name(image: ImageInput, position: int | None = None) -> str:
+    """A short human name for an input: its path, or its position for in-memory images."""
+    if isinstance(image, Image.Image):
+        return getattr(image, "filename", "") or f"image #{position if position is not None else '?'}"
+    return str(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB; transparency is composited on white, 16-bit and float are rescaled."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
+        if image.mode == "F" and values.max() <= 1.0:
+            top = 1.0
+        gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    return image.convert("RGB")
+
+
+def _read_reason(error: Exception) -> str:
+    text = str(error).lower()
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image, or a format this installation cannot read"
+    if "truncated" in text or "premature end" in text or "broken data stream" in text:
+        return "truncated or corrupt image data"
+    return f"corrupt image ({error})"
+
+
+def open_image(image: ImageInput, position: int | None = None) -> Image.Image:
+    """Load an image fully as RGB with EXIF orientation applied, or raise ImageReadError."""
+    name = source_name(image, position)
+    if isinstance(image, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(image))
+    path = Path(image)
+    try:
+        if path.is_symlink() and not path.exists():
+            raise ImageReadError(name, "broken symbolic link")
+        if not path.exists():
+            raise ImageReadError(name, "file not found")
+        if path.is_dir():
+            raise ImageReadError(name, "is a folder, not an image")
+        if path.stat().st_size == 0:
+            raise ImageReadError(name, "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                opened.load()
+                oriented = ImageOps.exif_transpose(opened)
+                return to_rgb(oriented)
+    except ImageReadError:
+        raise
+    except PermissionError:
+        raise ImageReadError(name, "permission denied") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageReadError(
+            name, f"too many pixels (over {MAX_IMAGE_PIXELS:,}; possible decompression bomb)"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageReadError(name, _read_reason(error)) from None

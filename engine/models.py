@@ -1,0 +1,213 @@
+"""Loading any SigLIP / SigLIP 2 checkpoint (Hub id or local folder) behind one handle.
+
+`AutoModel` picks `SiglipModel` (fixed resolution) or `Siglip2Model` (NaFlex) from the checkpoint's
+config; the text and image recipes are read from the checkpoint's own files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from .errors import ModelLoadError
+from .preprocess import ImagePreprocessor
+from .registry import Checkpoint, find_checkpoint
+from .text import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+TEST_MODEL_MARKER = "studio_test_model.json"  # written by engine.testmodel: random weights
+CHECKPOINT_FILES = ["*.json", "*.safetensors", "tokenizer.model"]
+HUB_PROBE_SECONDS = 4.0
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """cuda, then mps, then cpu, unless one is named."""
+    if device and device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """bf16 on cuda, fp32 elsewhere, unless one is named."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype and dtype != "auto":
+        names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+                 "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+        if dtype not in names:
+            raise ModelLoadError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16")
+        return names[dtype]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """One TCP connect to the Hub endpoint, bounded in time (DNS included), no retries."""
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    outcome: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+            outcome.append(True)
+        except OSError:
+            outcome.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(outcome and outcome[0])
+
+
+def _offline_message(name: str, why: str) -> str:
+    return (
+        f"Model {name!r} is not available: {why}. It is not in the local Hugging Face cache "
+        f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}). Download it on a machine with network "
+        f"(`hf download {name}`) and pass its folder as the model (for example --model /path/to/{name.split('/')[-1]}), "
+        "or try the interface with a generated test model (`python -m engine make-test-model DIR`)."
+    )
+
+
+def resolve_checkpoint(name_or_path: str) -> Path:
+    """A local folder holding the checkpoint: the path itself, the Hub cache, or a fresh download."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists() or name_or_path.count("/") > 1:
+        raise ModelLoadError(f"{name_or_path}: no such model folder")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(name_or_path, allow_patterns=CHECKPOINT_FILES, local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    except Exception as error:  # malformed ids and the like
+        raise ModelLoadError(f"{name_or_path!r} is neither a folder nor a valid Hub model id ({error})") from None
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise ModelLoadError(_offline_message(name_or_path, "HF_HUB_OFFLINE is set"))
+    if not _hub_reachable():
+        raise ModelLoadError(_offline_message(name_or_path, "the Hugging Face Hub cannot be reached"))
+    try:
+        return Path(snapshot_download(name_or_path, allow_patterns=CHECKPOINT_FILES))
+    except Exception as error:
+        raise ModelLoadError(f"Downloading {name_or_path!r} failed: {error}") from None
+
+
+@dataclass
+class LoadedModel:
+    """A SigLIP 2 model with the recipes to feed it. Built by `load_model`."""
+
+    model: torch.nn.Module
+    name: str  # what the user asked for: Hub id or path
+    directory: Path
+    arch: str  # "fixed" or "naflex"
+    device: torch.device
+    dtype: torch.dtype
+    tokenizer: TextTokenizer
+    image_preprocessor: ImagePreprocessor
+    is_test_model: bool  # random weights from engine.testmodel: outputs mean nothing
+    checkpoint: Checkpoint | None
+    label_cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.text_model.head.out_features)
+
+    @property
+    def patch_size(self) -> int:
+        return self.image_preprocessor.patch_size
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().float().exp())
+
+    @property
+    def logit_bias(self) -> float:
+        return float(self.model.logit_bias.detach().float())
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    @property
+    def resolution_label(self) -> str:
+        """'224×224' for fixed models, 'NaFlex, 256 patches' for NaFlex."""
+        if self.arch == "fixed":
+            height, width = self.image_preprocessor.image_size
+            return f"{height}×{width}"
+        return f"NaFlex, {self.image_preprocessor.max_num_patches} patches"
+
+    def describe(self) -> str:
+        kind = "UNTRAINED test model (random weights: outputs are meaningless)" if self.is_test_model else "checkpoint"
+        return (f"{self.name} — {kind}; {self.arch}, patch {self.patch_size}, {self.resolution_label}, "
+                f"{self.num_parameters / 1e6:.1f}M parameters, {self.memory_bytes / 2**20:.0f} MiB, "
+                f"{self.device.type} {str(self.dtype).replace('torch.', '')}")
+
+    def set_max_patches(self, max_num_patches: int) -> None:
+        """NaFlex sequence length for later image encodes (trained: 128, 256, 576, 784, 1024)."""
+        self.image_preprocessor = self.image_preprocessor.with_max_patches(max_num_patches)
+
+
+def load_model(
+    name_or_path: str,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    max_num_patches: int | None = None,
+    lowercase: str = "ascii",
+    attn_implementation: str = "sdpa",
+) -> LoadedModel:
+    """Load a SigLIP 2 checkpoint by Hub id or local folder (safetensors only, no remote code)."""
+    directory = resolve_checkpoint(str(name_or_path))
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise ModelLoadError(f"{directory}: no config.json, so not a Hugging Face checkpoint folder")
+    model_type = json.loads(config_path.read_text()).get("model_type")
+    if model_type not in ("siglip", "siglip2"):
+        raise ModelLoadError(f"{name_or_path}: model_type {model_type!r} is not a SigLIP checkpoint")
+    if not any(directory.glob("*.safetensors")):
+        raise ModelLoadError(f"{name_or_path}: no .safetensors weights (pickled weights are never loaded)")
+
+    from transformers import AutoModel
+
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(torch_device, dtype)
+    try:
+        model = AutoModel.from_pretrained(
+            str(directory), dtype=torch_dtype, attn_implementation=attn_implementation,
+            use_safetensors=True, trust_remote_code=False,
+        )
+    except Exception as error:
+        raise ModelLoadError(f"{name_or_path}: the weights could not be loaded ({error})") from None
+    model.to(torch_device).eval()
+
+    arch = "naflex" if model_type == "siglip2" else "fixed"
+    vision = model.config.vision_config
+    preprocessor = ImagePreprocessor.from_checkpoint(directory, arch, vision.patch_size, getattr(vision, "image_size", 224))
+    if max_num_patches:
+        preprocessor = preprocessor.with_max_patches(max_num_patches)
+    loaded = LoadedModel(
+        model=model, name=str(name_or_path), directory=directory, arch=arch, device=torch_device,
+        dtype=torch_dtype, tokenizer=TextTokenizer.from_checkpoint(directory, lowercase=lowercase),
+        image_preprocessor=preprocessor, is_test_model=(directory / TEST_MODEL_MARKER).exists(),
+        checkpoint=find_checkpoint(str(name_or_path)),
+    )
+    log.info("loaded %s", loaded.describe())
+    return loaded

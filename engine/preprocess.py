@@ -1,0 +1,188 @@
+"""Image preprocessing to the reference recipe, as small named ops composed per architecture.
+
+Fixed resolution: squash-resize to the checkpoint's size, scale to [-1, 1].
+NaFlex: aspect-preserving resize to the largest patch grid within `max_num_patches`, scale, cut into
+row-major patches (channels last inside a patch), pad the sequence, keep a mask and the grid shape.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+DEFAULT_MAX_PATCHES = 256
+TRAINED_SEQUENCE_LENGTHS = (128, 256, 576, 784, 1024)
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """How one image was laid out as patches (what the visualisations draw)."""
+
+    original_height: int
+    original_width: int
+    resized_height: int
+    resized_width: int
+    patch_size: int
+    rows: int
+    cols: int
+    sequence_length: int  # padded length fed to the model
+
+    @property
+    def num_patches(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def num_padding(self) -> int:
+        return self.sequence_length - self.num_patches
+
+
+# --- ops -------------------------------------------------------------------------------------------
+
+
+def naflex_size(height: int, width: int, patch_size: int, max_num_patches: int, eps: float = 1e-5) -> tuple[int, int]:
+    """Largest aspect-preserving (height, width), each rounded up to a multiple of the patch, within the budget.
+
+    Binary search over the scale, as big_vision and transformers do it.
+    """
+    if max_num_patches < 1:
+        raise ValueError("max_num_patches must be at least 1")
+
+    def scaled(scale: float, size: int) -> int:
+        return max(patch_size, math.ceil(size * scale / patch_size) * patch_size)
+
+    low, high = eps / 10, 100.0
+    while high - low >= eps:
+        scale = (low + high) / 2
+        if (scaled(scale, height) // patch_size) * (scaled(scale, width) // patch_size) <= max_num_patches:
+            low = scale
+        else:
+            high = scale
+    return scaled(low, height), scaled(low, width)
+
+
+def resize(image: Image.Image, height: int, width: int, resample: int) -> Image.Image:
+    """PIL resize (bilinear and bicubic filters antialias when shrinking)."""
+    if image.size == (width, height):
+        return image
+    return image.resize((width, height), resample=Image.Resampling(resample))
+
+
+def normalize(image: Image.Image, rescale_factor: float, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """uint8 RGB image -> float32 array (H, W, 3) scaled then standardised (to [-1, 1] for mean=std=0.5)."""
+    pixels = np.asarray(image, dtype=np.float32) * np.float32(rescale_factor)
+    return (pixels - mean) / std
+
+
+def patchify(pixels_hwc: np.ndarray, patch_size: int) -> np.ndarray:
+    """(H, W, C) -> (rows*cols, p*p*C): row-major patches, channels last within a patch."""
+    height, width, channels = pixels_hwc.shape
+    rows, cols = height // patch_size, width // patch_size
+    patches = pixels_hwc.reshape(rows, patch_size, cols, patch_size, channels).transpose(0, 2, 1, 3, 4)
+    return patches.reshape(rows * cols, patch_size * patch_size * channels)
+
+
+# --- batches ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class PixelBatch:
+    """Model-ready tensors for a batch of images, plus each image's patch grid."""
+
+    pixel_values: torch.Tensor  # fixed: (n, 3, H, W); NaFlex: (n, max_num_patches, p*p*3)
+    grids: list[PatchGrid]
+    pixel_attention_mask: torch.Tensor | None = None  # NaFlex: (n, max_num_patches), 1 = real patch
+    spatial_shapes: torch.Tensor | None = None  # NaFlex: (n, 2) rows, cols
+
+    def model_inputs(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        inputs = {"pixel_values": self.pixel_values.to(device=device, dtype=dtype)}
+        if self.pixel_attention_mask is not None:
+            inputs["pixel_attention_mask"] = self.pixel_attention_mask.to(device)
+            inputs["spatial_shapes"] = self.spatial_shapes.to(device)
+        return inputs
+
+
+@dataclass
+class PreparedImage:
+    """One preprocessed image: fixed (3, H, W) pixels, or NaFlex (max_num_patches, p*p*3) patches."""
+
+    array: np.ndarray
+    grid: PatchGrid
+
+
+@dataclass(frozen=True)
+class ImagePreprocessor:
+    """The checkpoint's image recipe, read from its processor config."""
+
+    arch: str  # "fixed" or "naflex"
+    patch_size: int
+    image_size: tuple[int, int] | None  # fixed: (height, width)
+    max_num_patches: int  # NaFlex sequence length; fixed: rows*cols
+    resample: int
+    rescale_factor: float
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+
+    def with_max_patches(self, max_num_patches: int) -> "ImagePreprocessor":
+        if self.arch != "naflex":
+            return self
+        from dataclasses import replace
+
+        return replace(self, max_num_patches=int(max_num_patches))
+
+    def __call__(self, image: Image.Image) -> PreparedImage:
+        mean = np.asarray(self.image_mean, dtype=np.float32)
+        std = np.asarray(self.image_std, dtype=np.float32)
+        width, height = image.size
+        if self.arch == "fixed":
+            target_h, target_w = self.image_size
+        else:
+            target_h, target_w = naflex_size(height, width, self.patch_size, self.max_num_patches)
+        pixels = normalize(resize(image, target_h, target_w, self.resample), self.rescale_factor, mean, std)
+        rows, cols = target_h // self.patch_size, target_w // self.patch_size
+        grid = PatchGrid(height, width, target_h, target_w, self.patch_size, rows, cols,
+                         self.max_num_patches if self.arch == "naflex" else rows * cols)
+        if self.arch == "fixed":
+            return PreparedImage(np.ascontiguousarray(pixels.transpose(2, 0, 1)), grid)
+        patches = np.zeros((self.max_num_patches, self.patch_size**2 * 3), dtype=np.float32)
+        patches[: grid.num_patches] = patchify(pixels, self.patch_size)
+        return PreparedImage(patches, grid)
+
+    def collate(self, prepared: list[PreparedImage]) -> PixelBatch:
+        pixel_values = torch.from_numpy(np.stack([p.array for p in prepared]))
+        grids = [p.grid for p in prepared]
+        if self.arch == "fixed":
+            return PixelBatch(pixel_values, grids)
+        mask = torch.zeros((len(prepared), self.max_num_patches), dtype=torch.int32)
+        for row, grid in enumerate(grids):
+            mask[row, : grid.num_patches] = 1
+        shapes = torch.tensor([[g.rows, g.cols] for g in grids], dtype=torch.long)
+        return PixelBatch(pixel_values, grids, mask, shapes)
+
+    @classmethod
+    def from_checkpoint(cls, directory: Path, arch: str, patch_size: int, image_size: int) -> "ImagePreprocessor":
+        """Read preprocessor_config.json (Hub layout) or processor_config.json (transformers 5 layout)."""
+        config: dict = {}
+        if (directory / "preprocessor_config.json").exists():
+            config = json.loads((directory / "preprocessor_config.json").read_text())
+        elif (directory / "processor_config.json").exists():
+            config = json.loads((directory / "processor_config.json").read_text()).get("image_processor", {})
+        size = config.get("size") or {}
+        fixed_size = (int(size.get("height", image_size)), int(size.get("width", image_size)))
+        max_patches = int(config.get("max_num_patches", DEFAULT_MAX_PATCHES))
+        return cls(
+            arch=arch,
+            patch_size=int(config.get("patch_size", patch_size)),
+            image_size=fixed_size if arch == "fixed" else None,
+            max_num_patches=max_patches if arch == "naflex" else (fixed_size[0] // patch_size) * (fixed_size[1] // patch_size),
+            # transformers' class defaults where the file is silent: bicubic (Siglip), bilinear (Siglip2)
+            resample=int(config.get("resample", 3 if arch == "fixed" else 2)),
+            rescale_factor=float(config.get("rescale_factor", 1 / 255)),
+            image_mean=tuple(config.get("image_mean", (0.5, 0.5, 0.5))),
+            image_std=tuple(config.get("image_std", (0.5, 0.5, 0.5))),
+        )

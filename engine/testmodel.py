@@ -1,0 +1,119 @@
+"""Generate SigLIP 2 checkpoints with random weights, in the exact Hugging Face layout.
+
+For tests and for trying the interface offline. Their outputs are meaningless: every checkpoint written
+here carries a marker file that makes the engine and the UI label it as untrained.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .models import TEST_MODEL_MARKER
+
+# Multilingual seed text for the small BPE vocabulary (the real models use Gemma's 256k vocabulary).
+_CORPUS = [
+    "a photo of a cat", "a photo of a dog", "a red car parked on the street at night", "a bowl of fruit",
+    "une photo d'un chat sur le canapé", "ein foto von einem hund im park", "una foto de un perro en la playa",
+    "фотография кошки на диване", "一只猫坐在沙发上", "犬の写真、公園で", "고양이 사진", "صورة قطة على الأريكة",
+    "תמונה של חתול", "बिल्ली की तस्वीर", "γάτα στον καναπέ", "ภาพแมวบนโซฟา", "kedi fotoğrafı", "zdjęcie kota",
+]
+
+
+@dataclass(frozen=True)
+class TestModelSize:
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    vocab_size: int | None  # None: the generated tokenizer's size
+
+
+SIZES = {
+    "tiny": TestModelSize(hidden=64, layers=2, heads=2, intermediate=128, vocab_size=None),
+    "small": TestModelSize(hidden=192, layers=4, heads=3, intermediate=768, vocab_size=None),
+    # The real B/16 configuration: 768 wide, 12 layers, 256k vocabulary (about 375M parameters).
+    "base": TestModelSize(hidden=768, layers=12, heads=12, intermediate=3072, vocab_size=256_000),
+}
+
+
+def build_tokenizer(vocab_size: int = 1024):
+    """A Gemma-style BPE (byte fallback, '▁' for spaces, <pad>=0 <eos>=1 <bos>=2 <unk>=3), deterministic."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tokenizer.normalizer = normalizers.Replace(" ", "▁")
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tokenizer.train_from_iterator(_CORPUS * 4, trainer)
+    return tokenizer
+
+
+def _model_config(arch: str, size: TestModelSize, vocab_size: int, image_size: int, patch_size: int, max_patches: int):
+    from transformers import Siglip2Config, SiglipConfig
+
+    text = dict(vocab_size=vocab_size, hidden_size=size.hidden, intermediate_size=size.intermediate,
+                num_hidden_layers=size.layers, num_attention_heads=size.heads, max_position_embeddings=64,
+                pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    vision = dict(hidden_size=size.hidden, intermediate_size=size.intermediate, num_hidden_layers=size.layers,
+                  num_attention_heads=size.heads, patch_size=patch_size)
+    if arch == "fixed":
+        return SiglipConfig(text_config=text, vision_config={**vision, "image_size": image_size})
+    return Siglip2Config(text_config=text, vision_config={**vision, "num_patches": max_patches})
+
+
+def _processor_config(arch: str, image_size: int, patch_size: int, max_patches: int) -> dict:
+    """Flat preprocessor_config.json as the Hub checkpoints ship it."""
+    common = {"do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
+              "image_std": [0.5, 0.5, 0.5], "rescale_factor": 1 / 255, "resample": 2}
+    if arch == "fixed":
+        return {**common, "image_processor_type": "SiglipImageProcessor", "processor_class": "SiglipProcessor",
+                "size": {"height": image_size, "width": image_size}}
+    return {**common, "image_processor_type": "Siglip2ImageProcessor", "processor_class": "Siglip2Processor",
+            "patch_size": patch_size, "max_num_patches": max_patches}
+
+
+def make_test_model(
+    out_dir: str | Path,
+    arch: str = "naflex",
+    size: str = "tiny",
+    seed: int = 0,
+    image_size: int = 224,
+    patch_size: int = 16,
+    max_patches: int = 256,
+) -> Path:
+    """Write a random-weight checkpoint (config, safetensors, tokenizer, processor) to `out_dir`."""
+    from transformers import AutoModel, GemmaTokenizer
+
+    if arch not in ("fixed", "naflex"):
+        raise ValueError("arch must be 'fixed' or 'naflex'")
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}")
+    spec = SIZES[size]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    backend = build_tokenizer()
+    vocab_size = spec.vocab_size or backend.get_vocab_size()
+    config = _model_config(arch, spec, vocab_size, image_size, patch_size, max_patches)
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(config)
+    with torch.no_grad():  # transformers zeroes these; use the paper's initial values
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-10.0)
+    model.save_pretrained(out, safe_serialization=True)
+
+    GemmaTokenizer(tokenizer_object=backend).save_pretrained(out)
+    (out / "processor_config.json").unlink(missing_ok=True)
+    processor = _processor_config(arch, image_size, patch_size, max_patches)
+    (out / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    marker = {"random_weights": True, "arch": arch, "size": size, "seed": seed,
+              "note": "Generated by SigLIP 2 Studio for tests. Untrained: its outputs mean nothing."}
+    (out / TEST_MODEL_MARKER).write_text(json.dumps(marker, indent=2))
+    return out

@@ -1,0 +1,153 @@
+"""Zero-shot labelling: per image and label, logit = exp(t)·cos + b and probability = sigmoid(logit).
+
+SigLIP's probabilities are independent per label (multi-label by nature); a softmax over labels is only
+offered as an explicitly named alternative view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .encode import ImageFailure, ProgressCallback, encode_images, encode_texts
+from .errors import LabelError
+from .images import ImageInput
+from .models import LoadedModel
+from .text import lowercase_ascii
+
+DEFAULT_TEMPLATES = ("this is a photo of {}.",)
+MAX_LABELS = 1000
+_LABEL_CACHE_SIZE = 32
+
+
+def parse_labels(text: str) -> list[str]:
+    """Labels from one string: newline-separated if it has newlines, else comma-separated."""
+    parts = text.splitlines() if "\n" in text else text.split(",")
+    return [part.strip() for part in parts]
+
+
+def parse_templates(text: str | Sequence[str] | None) -> list[str]:
+    if text is None:
+        return list(DEFAULT_TEMPLATES)
+    items = [t.strip() for t in (text.splitlines() if isinstance(text, str) else text)]
+    return [t for t in items if t] or list(DEFAULT_TEMPLATES)
+
+
+@dataclass
+class LabelSet:
+    """Labels with their text embeddings, computed once and reused for every image."""
+
+    labels: list[str]
+    templates: list[str]
+    text_vectors: np.ndarray  # (n_labels, dim) float32, mean over templates, L2-normalised
+    warnings: list[str] = field(default_factory=list)
+
+
+def clean_labels(labels: Sequence[str] | str) -> tuple[list[str], list[str]]:
+    """Strip, drop empty and duplicate labels; returns (labels, warnings) or raises LabelError."""
+    raw = parse_labels(labels) if isinstance(labels, str) else [str(label).strip() for label in labels]
+    warnings, kept, seen = [], [], {}
+    empty = sum(1 for label in raw if not label)
+    if empty:
+        warnings.append(f"{empty} empty label(s) ignored")
+    for label in (label for label in raw if label):
+        key = lowercase_ascii(label)  # the model sees lowercased text: "Cat" and "cat" are one label
+        if key in seen:
+            warnings.append(f"duplicate label {label!r} (same as {seen[key]!r}) ignored")
+            continue
+        seen[key] = label
+        kept.append(label)
+    if not kept:
+        raise LabelError("No labels given: enter at least one label (comma or newline separated).")
+    if len(kept) > MAX_LABELS:
+        raise LabelError(f"{len(kept)} labels is more than the limit of {MAX_LABELS}; split them into several runs.")
+    return kept, warnings
+
+
+def check_templates(templates: Sequence[str]) -> None:
+    for template in templates:
+        if template.count("{}") != 1:
+            raise LabelError(f"Prompt template {template!r} must contain '{{}}' exactly once, where the label goes.")
+
+
+def prepare_labels(model: LoadedModel, labels: Sequence[str] | str,
+                   templates: Sequence[str] | str | None = None) -> LabelSet:
+    """Embed a label set (averaging over templates); cached per model, labels and templates."""
+    kept, warnings = clean_labels(labels)
+    template_list = parse_templates(templates)
+    check_templates(template_list)
+    key = (tuple(kept), tuple(template_list), model.tokenizer.lowercase)
+    if key in model.label_cache:
+        return model.label_cache[key]
+    prompts = [template.format(label) for label in kept for template in template_list]
+    encoded = encode_texts(model, prompts)
+    per_template = encoded.vectors.reshape(len(kept), len(template_list), -1).mean(axis=1)
+    vectors = per_template / np.linalg.norm(per_template, axis=1, keepdims=True)
+    label_set = LabelSet(kept, template_list, vectors.astype(np.float32), warnings + encoded.warnings)
+    if len(model.label_cache) >= _LABEL_CACHE_SIZE:
+        model.label_cache.pop(next(iter(model.label_cache)))
+    model.label_cache[key] = label_set
+    return label_set
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def logits_for(model: LoadedModel, image_vectors: np.ndarray, text_vectors: np.ndarray,
+               bias: float | None = None) -> np.ndarray:
+    """(n_images, n_texts) SigLIP logits with the model's scale and (unless overridden) its bias."""
+    bias = model.logit_bias if bias is None else bias
+    return (model.logit_scale * image_vectors @ text_vectors.T + bias).astype(np.float32)
+
+
+@dataclass
+class ZeroShotResult:
+    labels: list[str]
+    sources: list[str]  # one per row
+    logits: np.ndarray  # (n_images, n_labels) float32
+    probabilities: np.ndarray  # (n_images, n_labels) sigmoid(logits), independent per label
+    failures: list[ImageFailure] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    untrained: bool = False  # produced by a random-weight test model
+
+    def softmax_over_labels(self) -> np.ndarray:
+        """Alternative single-label view: softmax of the logits across labels (rows sum to 1)."""
+        shifted = self.logits - self.logits.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def top(self, row: int, k: int = 5) -> list[tuple[str, float]]:
+        order = np.argsort(-self.probabilities[row])[:k]
+        return [(self.labels[i], float(self.probabilities[row, i])) for i in order]
+
+    def records(self) -> list[dict]:
+        """One JSON-ready record per image: each label's logit and probability."""
+        return [
+            {"image": source,
+             "scores": [{"label": label, "logit": float(self.logits[row, col]),
+                         "probability": float(self.probabilities[row, col])}
+                        for col, label in enumerate(self.labels)]}
+            for row, source in enumerate(self.sources)
+        ]
+
+
+def classify(
+    model: LoadedModel,
+    images: Sequence[ImageInput],
+    labels: Sequence[str] | str | LabelSet,
+    templates: Sequence[str] | str | None = None,
+    bias: float | None = None,
+    batch_size: int = 32,
+    progress: ProgressCallback | None = None,
+) -> ZeroShotResult:
+    """Label images zero-shot; unreadable images are reported in `failures`, never dropping the rest."""
+    label_set = labels if isinstance(labels, LabelSet) else prepare_labels(model, labels, templates)
+    embedded = encode_images(model, images, batch_size=batch_size, progress=progress)
+    logits = logits_for(model, embedded.vectors, label_set.text_vectors, bias)
+    return ZeroShotResult(label_set.labels, embedded.sources, logits, sigmoid(logits), embedded.failures,
+                          list(label_set.warnings), model.is_test_model)
+
+

@@ -1,0 +1,65 @@
+"""Shared fixtures: small generated checkpoints (random weights) of both architectures, and images."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the Hub unless a test says so
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def naflex_dir(tmp_path_factory):
+    from engine.testmodel import make_test_model
+
+    return make_test_model(tmp_path_factory.mktemp("naflex"), arch="naflex", seed=1)
+
+
+@pytest.fixture(scope="session")
+def fixed_dir(tmp_path_factory):
+    from engine.testmodel import make_test_model
+
+    return make_test_model(tmp_path_factory.mktemp("fixed"), arch="fixed", seed=2)
+
+
+@pytest.fixture(scope="session")
+def naflex_model(naflex_dir):
+    from engine import load_model
+
+    return load_model(str(naflex_dir))
+
+
+@pytest.fixture(scope="session")
+def fixed_model(fixed_dir):
+    from engine import load_model
+
+    return load_model(str(fixed_dir))
+
+
+@pytest.fixture(params=["naflex", "fixed"])
+def any_model(request, naflex_model, fixed_model):
+    return naflex_model if request.param == "naflex" else fixed_model
+
+
+def random_image(height: int, width: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    # smooth-ish content so resizing filters matter
+    base = rng.integers(0, 256, (max(2, height // 8), max(2, width // 8), 3), dtype=np.uint8)
+    return Image.fromarray(base).resize((width, height), Image.Resampling.BILINEAR).convert(mode)
+
+
+@pytest.fixture(scope="session")
+def image_files(tmp_path_factory):
+    """Six JPEG/PNG files of different sizes and aspect ratios."""
+    folder = tmp_path_factory.mktemp("images")
+    sizes = [(224, 224), (480, 640), (640, 360), (100, 900), (37, 53), (1024, 224)]
+    paths = []
+    for seed, (height, width) in enumerate(sizes):
+        path = folder / (f"img_{seed}.jpg" if seed % 2 == 0 else f"img_{seed}.png")
+        random_image(height, width, seed).save(path)
+        paths.append(path)
+    return paths

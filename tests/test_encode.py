@@ -1,0 +1,76 @@
+"""Engine embeddings equal transformers' own, batch by batch, and bad images never lose good ones."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoImageProcessor
+
+from conftest import random_image
+from engine import load_model
+from engine.encode import encode_images, encode_texts
+from engine.testmodel import make_test_model
+from test_text import independent_reference_ids
+
+
+def transformers_image_embeddings(model, images):
+    processor = AutoImageProcessor.from_pretrained(str(model.directory))
+    inputs = processor(images=images, return_tensors="pt")
+    with torch.no_grad():
+        output = model.model.get_image_features(**inputs).pooler_output
+    return torch.nn.functional.normalize(output, dim=-1).numpy()
+
+
+def test_image_embeddings_equal_transformers(any_model, image_files):
+    from PIL import Image
+
+    engine = encode_images(any_model, image_files, batch_size=4)
+    assert engine.sources == [str(p) for p in image_files] and not engine.failures
+    reference = transformers_image_embeddings(any_model, [Image.open(p).convert("RGB") for p in image_files])
+    assert (engine.vectors * reference).sum(axis=1).min() >= 0.99999
+    assert engine.vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(engine.vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_batch_size_does_not_change_embeddings(naflex_model, image_files):
+    one = encode_images(naflex_model, image_files, batch_size=1).vectors
+    many = encode_images(naflex_model, image_files, batch_size=6).vectors
+    np.testing.assert_allclose(one, many, atol=1e-5)
+
+
+def test_bad_image_in_batch_keeps_the_others(naflex_model, image_files, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff garbage")
+    inputs = [image_files[0], broken, image_files[1], tmp_path / "gone.png"]
+    calls = []
+    result = encode_images(naflex_model, inputs, batch_size=2, progress=lambda d, t: calls.append((d, t)))
+    assert result.sources == [str(image_files[0]), str(image_files[1])]
+    assert result.input_positions == [0, 2]
+    assert [f.source for f in result.failures] == [str(broken), str(tmp_path / "gone.png")]
+    assert "skipped" in str(result.failures[0])
+    alone = encode_images(naflex_model, [image_files[1]]).vectors[0]
+    np.testing.assert_allclose(result.vectors[1], alone, atol=1e-5)
+    assert calls[-1] == (4, 4)
+
+
+def test_grids_reported(naflex_model, image_files):
+    result = encode_images(naflex_model, image_files[:2])
+    assert [(g.original_height, g.original_width) for g in result.grids] == [(224, 224), (480, 640)]
+    assert all(g.num_patches <= 256 for g in result.grids)
+
+
+@pytest.mark.slow
+def test_full_size_b16_configuration(tmp_path_factory):
+    """The real B/16 NaFlex configuration (768 wide, 12 layers, 256k vocabulary), random weights."""
+    directory = make_test_model(tmp_path_factory.mktemp("b16"), arch="naflex", size="base", seed=3)
+    model = load_model(str(directory))
+    assert model.embed_dim == 768
+    assert model.model.config.text_config.vocab_size == 256_000
+    assert 360e6 < model.num_parameters < 390e6  # about 375M, as the released B/16
+    images = [random_image(480, 640, 7), random_image(300, 300, 8)]
+    engine = encode_images(model, images).vectors
+    assert (engine * transformers_image_embeddings(model, images)).sum(axis=1).min() >= 0.99999
+    texts = ["a photo of a cat", "ein foto von einem hund"]
+    ids = torch.from_numpy(independent_reference_ids(directory, texts))
+    with torch.no_grad():
+        direct = torch.nn.functional.normalize(model.model.get_text_features(input_ids=ids).pooler_output, dim=-1)
+    assert (encode_texts(model, texts).vectors * direct.numpy()).sum(axis=1).min() >= 0.99999

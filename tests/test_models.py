@@ -1,0 +1,92 @@
+"""Registry, loading, offline behaviour and the test-model generator."""
+
+import hashlib
+import json
+import shutil
+import time
+
+import pytest
+import torch
+
+from engine import CHECKPOINTS, ModelLoadError, find_checkpoint, load_model
+from engine.models import pick_device, pick_dtype
+from engine.testmodel import make_test_model
+
+
+def test_registry_has_all_17_checkpoints():
+    assert len(CHECKPOINTS) == 17 and len({c.hub_id for c in CHECKPOINTS}) == 17
+    assert sum(c.arch == "naflex" for c in CHECKPOINTS) == 2
+    assert all((c.resolution is None) == (c.arch == "naflex") for c in CHECKPOINTS)
+    b16 = find_checkpoint("google/siglip2-base-patch16-224")
+    assert (b16.imagenet_zero_shot, b16.coco_text_to_image, b16.coco_image_to_text) == (78.2, 52.1, 68.9)
+    assert find_checkpoint("someone/else") is None
+
+
+def test_loads_right_class_and_flags_untrained(naflex_model, fixed_model):
+    assert type(naflex_model.model).__name__ == "Siglip2Model" and naflex_model.arch == "naflex"
+    assert type(fixed_model.model).__name__ == "SiglipModel" and fixed_model.arch == "fixed"
+    assert naflex_model.is_test_model and "UNTRAINED" in naflex_model.describe()
+    assert naflex_model.model.config._attn_implementation == "sdpa"
+    assert abs(naflex_model.logit_scale - 10.0) < 1e-4 and naflex_model.logit_bias == -10.0
+
+
+def test_device_and_dtype_choice():
+    device = pick_device()
+    assert device.type == ("cuda" if torch.cuda.is_available() else device.type)
+    assert pick_dtype(torch.device("cpu")) == torch.float32
+    assert pick_dtype(torch.device("cuda")) == torch.bfloat16
+    assert pick_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
+    with pytest.raises(ModelLoadError, match="unknown dtype"):
+        pick_dtype(torch.device("cpu"), "int3")
+
+
+def test_dtype_override_loads_bf16(naflex_dir):
+    model = load_model(str(naflex_dir), dtype="bf16")
+    assert next(model.model.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("offline_env", [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}])
+def test_missing_model_fails_fast_with_a_clear_message(tmp_path, monkeypatch, offline_env):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    for key, value in offline_env.items():
+        monkeypatch.setenv(key, value)
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError) as caught:
+        load_model("google/siglip2-base-patch16-224")
+    assert time.monotonic() - start < 15
+    message = str(caught.value)
+    assert "google/siglip2-base-patch16-224" in message and "folder" in message
+
+
+def test_bad_local_folders(tmp_path, naflex_dir):
+    with pytest.raises(ModelLoadError, match="no such model folder"):
+        load_model(str(tmp_path / "nowhere"))
+    pickled = tmp_path / "pickled"
+    shutil.copytree(naflex_dir, pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        load_model(str(pickled))
+    other = tmp_path / "bert"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ModelLoadError, match="not a SigLIP"):
+        load_model(str(other))
+
+
+def test_generator_is_deterministic_and_hub_shaped(tmp_path):
+    def digest(directory):
+        return hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()
+
+    first = make_test_model(tmp_path / "a", arch="fixed", seed=5)
+    again = make_test_model(tmp_path / "b", arch="fixed", seed=5)
+    other = make_test_model(tmp_path / "c", arch="fixed", seed=6)
+    assert digest(first) == digest(again) != digest(other)
+    assert (first / "tokenizer.json").read_bytes() == (again / "tokenizer.json").read_bytes()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
+        assert (first / name).exists()
+    assert json.loads((first / "config.json").read_text())["model_type"] == "siglip"
+    from transformers import AutoModel, AutoProcessor
+
+    assert type(AutoModel.from_pretrained(str(first))).__name__ == "SiglipModel"
+    AutoProcessor.from_pretrained(str(first))  # transformers reads the layout as it is

@@ -1,0 +1,152 @@
+"""Image recipes: NaFlex sizing, pixels equal to transformers' processors, modes, EXIF and bad files."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from PIL import Image
+from transformers import AutoImageProcessor
+from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_size_for_max_num_patches
+
+from conftest import random_image
+from engine.errors import ImageReadError
+from engine.images import open_image, to_rgb
+from engine.preprocess import naflex_size, patchify
+
+
+@pytest.mark.parametrize("size, expected", [((2200, 1700), (288, 224)), ((224, 224), (256, 256)),
+                                             ((1024, 224), (512, 112))])
+def test_naflex_reference_examples(size, expected):
+    assert naflex_size(*size, patch_size=16, max_num_patches=256) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(height=st.integers(1, 5000), width=st.integers(1, 5000), patch=st.sampled_from([14, 16, 32]),
+       budget=st.integers(1, 1100))
+def test_naflex_size_property(height, width, patch, budget):
+    rows_px, cols_px = naflex_size(height, width, patch, budget)
+    assert (rows_px, cols_px) == get_image_size_for_max_num_patches(height, width, patch, budget)
+    assert rows_px % patch == 0 and cols_px % patch == 0 and rows_px >= patch and cols_px >= patch
+    rows, cols = rows_px // patch, cols_px // patch
+    assert rows * cols <= budget
+    # maximal: one more patch row and column would not fit (unless a side is pinned to one patch, or the
+    # reference's scale cap of 100 binds on a tiny image)
+    if min(height, width) >= 64:
+        assert (rows + 1) * (cols + 1) > budget or min(rows, cols) == 1
+
+
+def _transformers_inputs(directory, images):
+    processor = AutoImageProcessor.from_pretrained(str(directory))
+    return processor(images=images, return_tensors="pt")
+
+
+@pytest.mark.parametrize("size", [(224, 224), (480, 640), (37, 53), (1024, 224), (2200, 1700)])
+def test_pixels_equal_transformers_processor(any_model, size):
+    image = random_image(*size, seed=size[0])
+    prepared = any_model.image_preprocessor(image)
+    batch = any_model.image_preprocessor.collate([prepared])
+    reference = _transformers_inputs(any_model.directory, [image])
+    np.testing.assert_allclose(batch.pixel_values.numpy(), reference["pixel_values"].numpy(), atol=1e-5)
+    if any_model.arch == "naflex":
+        np.testing.assert_array_equal(batch.pixel_attention_mask.numpy(), reference["pixel_attention_mask"].numpy())
+        np.testing.assert_array_equal(batch.spatial_shapes.numpy(), reference["spatial_shapes"].numpy())
+
+
+def test_patch_grid_description(naflex_model):
+    grid = naflex_model.image_preprocessor(random_image(2200, 1700)).grid
+    assert (grid.resized_height, grid.resized_width) == (288, 224)
+    assert (grid.rows, grid.cols, grid.num_patches, grid.num_padding, grid.sequence_length) == (18, 14, 252, 4, 256)
+    assert (grid.original_height, grid.original_width) == (2200, 1700)
+
+
+def test_max_patches_is_settable(naflex_model):
+    wide = naflex_model.image_preprocessor.with_max_patches(1024)
+    prepared = wide(random_image(224, 224))
+    assert prepared.array.shape == (1024, 16 * 16 * 3)
+    assert prepared.grid.num_patches == 1024
+    assert naflex_model.image_preprocessor.max_num_patches == 256  # the model's own is untouched
+
+
+def test_patchify_is_row_major_channels_last():
+    pixels = np.arange(4 * 6 * 3, dtype=np.float32).reshape(4, 6, 3)
+    patches = patchify(pixels, 2)
+    assert patches.shape == (6, 12)
+    np.testing.assert_array_equal(patches[1], pixels[0:2, 2:4].reshape(-1))  # second patch: top row, next column
+    np.testing.assert_array_equal(patches[3], pixels[2:4, 0:2].reshape(-1))
+
+
+@pytest.mark.parametrize("mode", ["P", "LA", "RGBA", "CMYK", "I;16", "1", "L", "I", "F"])
+def test_every_mode_becomes_rgb(mode):
+    image = random_image(20, 30).convert("RGBA" if mode in ("LA", "RGBA") else "RGB")
+    if mode == "I;16":
+        converted = Image.fromarray((np.asarray(image.convert("L"), dtype=np.uint16) * 257), mode="I;16")
+    else:
+        converted = image.convert(mode)
+    rgb = to_rgb(converted)
+    assert rgb.mode == "RGB" and rgb.size == (30, 20)
+    if mode == "I;16":  # 16-bit values are rescaled, not clipped to white
+        np.testing.assert_allclose(np.asarray(rgb)[..., 0], np.asarray(image.convert("L")), atol=1)
+
+
+def test_transparency_composited_on_white():
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    rgba.putpixel((0, 0), (255, 0, 0, 255))
+    rgb = np.asarray(to_rgb(rgba))
+    assert tuple(rgb[1, 1]) == (255, 255, 255)
+    assert tuple(rgb[0, 0]) == (255, 0, 0)
+    palette = Image.new("P", (2, 2), 0)
+    palette.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    palette.info["transparency"] = 0
+    palette.putpixel((1, 1), 1)
+    rgb = np.asarray(to_rgb(palette))
+    assert tuple(rgb[0, 0]) == (255, 255, 255) and tuple(rgb[1, 1]) == (10, 200, 30)
+
+
+def test_exif_orientation_applied(tmp_path):
+    image = random_image(40, 100)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif)
+    assert open_image(path).size == (40, 100)  # (width, height) after rotation
+
+
+def _bad_files(folder):
+    good = io.BytesIO()
+    random_image(200, 200).save(good, format="JPEG")
+    files = {
+        "zero.jpg": (b"", "empty file"),
+        "truncated.jpg": (good.getvalue()[: len(good.getvalue()) // 2], "truncated"),
+        "notes.jpg": (b"this is not an image at all", "not an image"),
+    }
+    for name, (data, _) in files.items():
+        (folder / name).write_bytes(data)
+    bomb = folder / "bomb.png"
+    Image.new("L", (20000, 10000)).save(bomb)  # 200 MP of zeros compresses to almost nothing
+    expectations = {name: reason for name, (_, reason) in files.items()}
+    expectations["bomb.png"] = "decompression bomb"
+    os.symlink(folder / "missing.jpg", folder / "broken-link.jpg")
+    expectations["broken-link.jpg"] = "broken symbolic link"
+    (folder / "a folder.jpg").mkdir()
+    expectations["a folder.jpg"] = "is a folder"
+    return expectations
+
+
+def test_bad_files_give_specific_errors(tmp_path):
+    for name, reason in _bad_files(tmp_path).items():
+        with pytest.raises(ImageReadError) as caught:
+            open_image(tmp_path / name)
+        assert reason in str(caught.value), (name, str(caught.value))
+        assert name in str(caught.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_permission(tmp_path):
+    path = tmp_path / "secret.png"
+    random_image(10, 10).save(path)
+    path.chmod(0)
+    with pytest.raises(ImageReadError, match="permission denied"):
+        open_image(path)
