@@ -72,15 +72,16 @@ def _prepare(model: LoadedModel, position: int, item: ImageInput) -> _Prepared:
         return _Prepared(position, source, None, ImageFailure(error.source, error.reason))
 
 
-def prepared_images(model: LoadedModel, images: Sequence[ImageInput], workers: int | None = None,
-                    lookahead: int = 64) -> Iterator[_Prepared]:
-    """Decode + preprocess in a thread pool, yielding in input order with a bounded lookahead."""
+def ordered_parallel_map(fn: Callable, items: Sequence, workers: int | None = None, lookahead: int = 64) -> Iterator:
+    """fn(item) for each item in a thread pool, yielded in input order with a bounded lookahead.
+
+    Decoding (PIL releases the GIL) runs ahead of the caller, so the model does not wait on it.
+    """
     workers = workers or min(8, (os.cpu_count() or 2))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         pending = []
-        iterator = iter(enumerate(images))
-        for position, item in iterator:
-            pending.append(pool.submit(_prepare, model, position, item))
+        for item in items:
+            pending.append(pool.submit(fn, item))
             if len(pending) >= lookahead:
                 yield pending.pop(0).result()
         for future in pending:
@@ -119,7 +120,8 @@ def encode_images(
         if progress:
             progress(done + len(failures), len(images))
 
-    for item in prepared_images(model, images, workers):
+    prepare = lambda pair: _prepare(model, *pair)  # noqa: E731
+    for item in ordered_parallel_map(prepare, list(enumerate(images)), workers):
         if item.failure:
             failures.append(item.failure)
             continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import warnings
 from pathlib import Path
@@ -64,29 +66,25 @@ def _read_reason(error: Exception) -> str:
     return f"corrupt image ({error})"
 
 
-def open_image(image: ImageInput, position: int | None = None) -> Image.Image:
-    """Load an image fully as RGB with EXIF orientation applied, or raise ImageReadError."""
-    name = source_name(image, position)
-    if isinstance(image, Image.Image):
-        return to_rgb(ImageOps.exif_transpose(image))
-    path = Path(image)
+def _check_file(path: Path, name: str) -> None:
+    if path.is_symlink() and not path.exists():
+        raise ImageReadError(name, "broken symbolic link")
+    if not path.exists():
+        raise ImageReadError(name, "file not found")
+    if path.is_dir():
+        raise ImageReadError(name, "is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise ImageReadError(name, "empty file (0 bytes)")
+
+
+def _decode(name: str, source) -> Image.Image:
+    """Open, fully load and orient `source` (a path or a file object), mapping failures to ImageReadError."""
     try:
-        if path.is_symlink() and not path.exists():
-            raise ImageReadError(name, "broken symbolic link")
-        if not path.exists():
-            raise ImageReadError(name, "file not found")
-        if path.is_dir():
-            raise ImageReadError(name, "is a folder, not an image")
-        if path.stat().st_size == 0:
-            raise ImageReadError(name, "empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(source) as opened:
                 opened.load()
-                oriented = ImageOps.exif_transpose(opened)
-                return to_rgb(oriented)
-    except ImageReadError:
-        raise
+                return to_rgb(ImageOps.exif_transpose(opened))
     except PermissionError:
         raise ImageReadError(name, "permission denied") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -95,3 +93,33 @@ def open_image(image: ImageInput, position: int | None = None) -> Image.Image:
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageReadError(name, _read_reason(error)) from None
+
+
+def open_image(image: ImageInput, position: int | None = None) -> Image.Image:
+    """Load an image fully as RGB with EXIF orientation applied, or raise ImageReadError."""
+    name = source_name(image, position)
+    if isinstance(image, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(image))
+    path = Path(image)
+    try:
+        _check_file(path, name)
+    except PermissionError:
+        raise ImageReadError(name, "permission denied") from None
+    return _decode(name, path)
+
+
+def read_file_bytes(path: str | os.PathLike) -> tuple[bytes, str]:
+    """A file's bytes and SHA-256, or ImageReadError (missing, empty, unreadable, broken link)."""
+    name = str(path)
+    try:
+        _check_file(Path(path), name)
+        data = Path(path).read_bytes()
+    except PermissionError:
+        raise ImageReadError(name, "permission denied") from None
+    except OSError as error:
+        raise ImageReadError(name, f"cannot be read ({error.strerror or error})") from None
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def decode_image_bytes(data: bytes, name: str) -> Image.Image:
+    return _decode(name, io.BytesIO(data))

@@ -1,0 +1,319 @@
+"""An image index on disk: `indexes/<name>/` = catalog.sqlite + vectors.v<version>.faiss + lock.
+
+Crash safety: SQLite is the source of truth and commits each batch atomically (bumping `version` and
+logging its adds and removes). The FAISS file is written after the commit, atomically, named by the
+version it reflects; opening replays the logged changes the file lacks, so FAISS ids and catalogue rows
+always match one to one and nothing committed is ever encoded again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+from filelock import FileLock, Timeout
+
+from . import vectorindex as vi
+from .catalog import SCHEMA_VERSION, Catalog
+from .errors import IndexStoreError
+from .faults import crash_point
+from .models import LoadedModel
+
+INDEX_DIR_ENV = "STUDIO_INDEX_DIR"
+_NAME = re.compile(r"^[\w][\w .-]{0,63}$")
+_FAISS_FILE = re.compile(r"^vectors\.v(\d+)\.faiss$")
+FINGERPRINT_TEXT = "siglip 2 studio index fingerprint"
+
+
+def default_index_dir() -> Path:
+    return Path(os.environ.get(INDEX_DIR_ENV) or Path(__file__).resolve().parents[1] / "indexes")
+
+
+def index_path(name: str, index_dir: str | Path | None = None) -> Path:
+    """`index_dir/name`, refusing names that could leave the index folder."""
+    if not name or not _NAME.match(name) or ".." in name or os.sep in name or name.startswith("."):
+        raise IndexStoreError(
+            f"Index name {name!r} is not allowed: use letters, digits, spaces, '.', '-' and '_' (no paths).")
+    root = Path(index_dir or default_index_dir()).resolve()
+    path = (root / name).resolve()
+    if path.parent != root:
+        raise IndexStoreError(f"Index name {name!r} would leave {root}")
+    return path
+
+
+def model_fingerprint(model: LoadedModel) -> list[float]:
+    from .encode import encode_texts
+
+    return [round(float(x), 6) for x in encode_texts(model, [FINGERPRINT_TEXT]).vectors[0]]
+
+
+@dataclass
+class IndexInfo:
+    name: str
+    path: str
+    model: str
+    arch: str
+    image_setting: str  # "224×224" or "NaFlex, 256 patches"
+    dim: int
+    index_type: str
+    search_params: dict
+    recall_estimate: float | None
+    images: int
+    files: int
+    skipped: int
+    version: int
+    schema_version: int
+    untrained_model: bool
+    created_at: float
+
+
+class ImageIndex:
+    """Open with `ImageIndex.open(name)` (read-only) or `ImageIndex.open(name, writable=True)`."""
+
+    def __init__(self, path: Path, catalog: Catalog, lock: FileLock | None):
+        self.path = path
+        self.catalog = catalog
+        self.lock = lock
+        self.meta = catalog.get_meta()
+        self.dim = int(self.meta["dim"])
+        self.faiss_version = 0
+        self.index = self._load_faiss()
+
+    # opening -----------------------------------------------------------------------------------
+    @staticmethod
+    def _acquire(path: Path) -> FileLock:
+        lock = FileLock(str(path / "lock"), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise IndexStoreError(
+                f"Index {path.name!r} is being changed by another process; wait for it to finish.") from None
+        return lock
+
+    @classmethod
+    def create(cls, name: str, model: LoadedModel, index_dir=None, factory: str | None = None) -> "ImageIndex":
+        path = index_path(name, index_dir)
+        if (path / "catalog.sqlite").exists():
+            return cls.open(name, index_dir, writable=True, model=model)
+        path.mkdir(parents=True, exist_ok=True)
+        lock = cls._acquire(path)
+        catalog = Catalog(path / "catalog.sqlite")
+        catalog.set_meta(
+            model=model.name, arch=model.arch, image_setting=model.resolution_label, dim=model.embed_dim,
+            patch_size=model.patch_size, max_num_patches=model.image_preprocessor.max_num_patches,
+            fingerprint=model_fingerprint(model), untrained_model=model.is_test_model,
+            factory_override=factory, factory="Flat", trained_for=0, search_params={}, recall_estimate=None,
+            schema_version=SCHEMA_VERSION, created_at=time.time(), version=0, logit_scale=model.logit_scale,
+            logit_bias=model.logit_bias)
+        return cls(path, catalog, lock)
+
+    @classmethod
+    def open(cls, name: str, index_dir=None, writable: bool = False, model: LoadedModel | None = None) -> "ImageIndex":
+        path = index_path(name, index_dir)
+        if not (path / "catalog.sqlite").exists():
+            raise IndexStoreError(f"No index named {name!r} in {path.parent}. Build it first "
+                                  f"(python -m engine index build FOLDER --name {name}).")
+        lock = cls._acquire(path) if writable else None
+        try:
+            opened = cls(path, Catalog(path / "catalog.sqlite", readonly=not writable), lock)
+        except Exception:
+            if lock:
+                lock.release()
+            raise
+        if opened.meta.get("schema_version") != SCHEMA_VERSION:
+            opened.close()
+            raise IndexStoreError(f"Index {name!r} has schema {opened.meta.get('schema_version')}, this version "
+                                  f"reads {SCHEMA_VERSION}; rebuild it.")
+        if model is not None:
+            opened.check_model(model)
+        return opened
+
+    def close(self) -> None:
+        self.catalog.close()
+        if self.lock:
+            self.lock.release()
+            self.lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def check_model(self, model: LoadedModel) -> None:
+        """Refuse a model other than the one that built the index (its vectors would be garbage here)."""
+        built_with = self.meta["model"]
+        same_shape = model.embed_dim == self.dim and model.arch == self.meta["arch"]
+        stored = np.asarray(self.meta["fingerprint"], dtype=np.float32)
+        if not same_shape or float(np.dot(stored, model_fingerprint(model))) < 0.999:
+            raise IndexStoreError(
+                f"Index {self.path.name!r} was built with {built_with} ({self.meta['arch']}, {self.dim}-d); the "
+                f"loaded model is {model.name} ({model.arch}, {model.embed_dim}-d). Load {built_with} to use it.")
+
+    # the FAISS file ----------------------------------------------------------------------------
+    def _faiss_files(self) -> dict[int, Path]:
+        found = {}
+        for entry in self.path.iterdir():
+            match = _FAISS_FILE.match(entry.name)
+            if match:
+                found[int(match.group(1))] = entry
+        return found
+
+    def _load_faiss(self) -> faiss.Index:
+        """The newest FAISS file not ahead of the catalogue, caught up by replaying the change log."""
+        usable = {v: p for v, p in self._faiss_files().items() if v <= self.catalog.version}
+        if not usable:
+            return self._rebuild_from_catalog(self.meta.get("factory", "Flat"))
+        version = max(usable)
+        try:
+            index = vi.read_index(usable[version])
+        except RuntimeError:  # unreadable file: rebuild from the source of truth
+            return self._rebuild_from_catalog(self.meta.get("factory", "Flat"))
+        self.faiss_version = version
+        vi.set_search_params(index, self.meta.get("search_params") or {})
+        self.index = index
+        self._replay(index)
+        return self.index
+
+    def _replay(self, index: faiss.Index) -> None:
+        changes = self.catalog.changes_since(self.faiss_version)
+        if not changes:
+            return
+        removed = [image_id for _, image_id, op in changes if op == "remove"]
+        added = [image_id for _, image_id, op in changes if op == "add" and image_id not in set(removed)]
+        if removed:
+            if vi.supports_removal(index):
+                index.remove_ids(np.asarray(removed, dtype=np.int64))
+            else:  # HNSW cannot remove: rebuild from the catalogue
+                self.index = self._rebuild_from_catalog(self.meta["factory"])
+                return
+        if added:
+            live = self.catalog.images(added)
+            added = [i for i in added if i in live]
+            if added:
+                index.add_with_ids(self.catalog.embeddings_for(added, self.dim), np.asarray(added, dtype=np.int64))
+        self.faiss_version = self.catalog.version
+
+    def _rebuild_from_catalog(self, factory: str) -> faiss.Index:
+        count = self.catalog.count_images()
+        plan = vi.IndexPlan(factory, count)
+        training = None
+        if plan.needs_training:
+            training = np.concatenate([v for _, v in self.catalog.iter_embeddings(self.dim)]) if count else None
+        index = vi.create_index(plan, self.dim, training)
+        for ids, vectors in self.catalog.iter_embeddings(self.dim):
+            index.add_with_ids(vectors, ids)
+        vi.set_search_params(index, self.meta.get("search_params") or {})
+        self.faiss_version = self.catalog.version
+        return index
+
+    def sync(self) -> None:
+        """Bring the in-memory FAISS index up to the catalogue's latest committed batch."""
+        self._replay(self.index)
+
+    def save(self) -> None:
+        """Write the FAISS file for the current version atomically, then drop older files and log entries."""
+        self.sync()
+        version = self.faiss_version
+        target = self.path / f"vectors.v{version}.faiss"
+        crash_point("faiss-write")
+        vi.write_index_atomic(self.index, target)
+        for old_version, old in self._faiss_files().items():
+            if old_version != version:
+                old.unlink(missing_ok=True)
+        self.catalog.forget_changes(version)
+
+    # growing -----------------------------------------------------------------------------------
+    def replan(self, memory_budget: float = vi.DEFAULT_MEMORY_BUDGET, force: bool = False,
+               recall_target: float = vi.DEFAULT_RECALL_TARGET) -> bool:
+        """Rebuild with a new index type when the collection outgrew its plan; tune search parameters."""
+        count = self.catalog.count_images()
+        plan = vi.plan_index(count, self.dim, memory_budget, self.meta.get("factory_override"))
+        trained_for = int(self.meta.get("trained_for") or 0)
+        changed_size = count > 2 * trained_for or count < trained_for / 4
+        # a new index type, or an IVF whose clusters were trained on a much smaller or larger collection
+        outgrown = changed_size and (plan.factory != self.meta["factory"] or plan.needs_training)
+        if not (force or outgrown):
+            return False
+        self.index = self._rebuild_from_catalog(plan.factory)
+        self.catalog.set_meta(factory=plan.factory, trained_for=count)
+        self.meta = self.catalog.get_meta()
+        self.tune(recall_target)
+        return True
+
+    def tune(self, recall_target: float = vi.DEFAULT_RECALL_TARGET, queries: int = 200, k: int = 10) -> None:
+        """Pick the cheapest efSearch / nprobe reaching the recall target on perturbed stored vectors."""
+        count = self.catalog.count_images()
+        if count <= k or self.meta["factory"] == "Flat":
+            self.catalog.set_meta(search_params={}, recall_estimate=1.0)
+            self.meta = self.catalog.get_meta()
+            return
+        rng = np.random.default_rng(0)
+        all_ids, all_vectors = zip(*self.catalog.iter_embeddings(self.dim))
+        ids, vectors = np.concatenate(all_ids), np.concatenate(all_vectors)
+        sample = vectors[rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)]
+        probes = sample + rng.normal(0, 0.02, sample.shape).astype(np.float32)
+        probes /= np.linalg.norm(probes, axis=1, keepdims=True)
+        truth = vi.exact_top_k(probes, vectors, ids, k)
+        params, recall = vi.tune(self.index, probes, truth, recall_target)
+        self.catalog.set_meta(search_params=params, recall_estimate=recall)
+        self.meta = self.catalog.get_meta()
+
+    # reading -----------------------------------------------------------------------------------
+    def search_vectors(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (q, k), ids (q, k)) by inner product; id -1 pads when fewer exist."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        k = max(1, min(k, max(self.index.ntotal, 1)))
+        if allowed_ids is None:
+            return self.index.search(queries, k)
+        selector = faiss.IDSelectorBatch(np.asarray(allowed_ids, dtype=np.int64))
+        params = self._search_parameters(selector)
+        return self.index.search(queries, k, params=params)
+
+    def _search_parameters(self, selector) -> faiss.SearchParameters:
+        tuned = self.meta.get("search_params") or {}
+        if "nprobe" in tuned:
+            return faiss.SearchParametersIVF(sel=selector, nprobe=int(tuned["nprobe"]))
+        if "efSearch" in tuned:
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=int(tuned["efSearch"]))
+        return faiss.SearchParameters(sel=selector)
+
+    def ids_matching_path(self, fragment: str) -> np.ndarray:
+        pattern = "%" + fragment.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self.catalog.db.execute("SELECT DISTINCT image_id FROM files WHERE path LIKE ? ESCAPE '\\'",
+                                       (pattern,))
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def info(self) -> IndexInfo:
+        meta = self.meta
+        return IndexInfo(
+            name=self.path.name, path=str(self.path), model=meta["model"], arch=meta["arch"],
+            image_setting=meta["image_setting"], dim=self.dim, index_type=meta["factory"],
+            search_params=meta.get("search_params") or {}, recall_estimate=meta.get("recall_estimate"),
+            images=self.catalog.count_images(), files=self.catalog.count_files(),
+            skipped=len(self.catalog.skipped()), version=self.catalog.version,
+            schema_version=meta["schema_version"], untrained_model=bool(meta.get("untrained_model")),
+            created_at=meta["created_at"])
+
+
+def list_indexes(index_dir=None) -> list[str]:
+    root = Path(index_dir or default_index_dir())
+    return sorted(p.name for p in root.iterdir() if (p / "catalog.sqlite").exists()) if root.exists() else []
+
+
+def remove_index(name: str, index_dir=None) -> None:
+    import shutil
+
+    path = index_path(name, index_dir)
+    if not (path / "catalog.sqlite").exists():
+        raise IndexStoreError(f"No index named {name!r} in {path.parent}.")
+    lock = ImageIndex._acquire(path)
+    try:
+        shutil.rmtree(path)
+    finally:
+        lock.release()

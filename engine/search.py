@@ -1,0 +1,137 @@
+"""Searching an index: text in any language, an example image, or a weighted mix of both.
+
+Query syntax: terms joined by ` + ` or ` - `, each optionally weighted `W:term`; a term that names an
+existing image file is an image query, anything else is text. Example: `2:red car + ./photo.jpg - night`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .encode import encode_images, encode_texts
+from .errors import QueryError
+from .imageindex import ImageIndex
+from .images import IMAGE_EXTENSIONS
+from .models import LoadedModel
+from .zeroshot import sigmoid
+
+_SPLIT = re.compile(r"\s+([+-])\s+")
+_WEIGHT = re.compile(r"^(-?\d+(?:\.\d+)?)\s*:\s*(.+)$")
+
+
+@dataclass(frozen=True)
+class QueryTerm:
+    weight: float
+    kind: str  # "text" or "image"
+    value: str
+
+
+def _term(sign: str, raw: str) -> QueryTerm:
+    raw = raw.strip()
+    weight = 1.0
+    match = _WEIGHT.match(raw)
+    if match:
+        weight, raw = float(match.group(1)), match.group(2).strip()
+    if not raw:
+        raise QueryError("Empty term in query: write e.g. `2:red car + ./photo.jpg - night`.")
+    is_image = Path(raw).suffix.lower() in IMAGE_EXTENSIONS and Path(raw).expanduser().is_file()
+    return QueryTerm(-weight if sign == "-" else weight, "image" if is_image else "text", raw)
+
+
+def parse_query(query: str) -> list[QueryTerm]:
+    """Split a combined query into weighted text and image terms."""
+    query = (query or "").strip()
+    if not query:
+        raise QueryError("Empty query: type what to look for, or give an example image.")
+    parts = _SPLIT.split(query)
+    terms = [_term("+", parts[0])]
+    terms += [_term(sign, raw) for sign, raw in zip(parts[1::2], parts[2::2])]
+    if all(t.weight <= 0 for t in terms):
+        raise QueryError("A query needs at least one positive term.")
+    return terms
+
+
+@dataclass
+class QueryVector:
+    vector: np.ndarray  # (dim,) float32, L2-normalised weighted sum of the terms
+    terms: list[QueryTerm]
+    warnings: list[str] = field(default_factory=list)
+
+
+def embed_query(model: LoadedModel, query: str | Image.Image | list[QueryTerm]) -> QueryVector:
+    """The query's embedding: a weighted sum of its terms' normalised embeddings, renormalised."""
+    if isinstance(query, Image.Image):
+        terms, images = [QueryTerm(1.0, "image", "(uploaded image)")], [query]
+    else:
+        terms = parse_query(query) if isinstance(query, str) else list(query)
+        images = [t.value for t in terms if t.kind == "image"]
+    texts = [t.value for t in terms if t.kind == "text"]
+    warnings: list[str] = []
+    vectors: dict[int, np.ndarray] = {}
+    if texts:
+        encoded = encode_texts(model, texts)
+        warnings += encoded.warnings
+        text_rows = iter(encoded.vectors)
+        vectors.update({i: next(text_rows) for i, t in enumerate(terms) if t.kind == "text"})
+    if images:
+        encoded_images = encode_images(model, images)
+        if encoded_images.failures:
+            raise QueryError(f"Query image {encoded_images.failures[0]}")
+        image_rows = iter(encoded_images.vectors)
+        vectors.update({i: next(image_rows) for i, t in enumerate(terms) if t.kind == "image"})
+    total = sum(t.weight * vectors[i] for i, t in enumerate(terms))
+    norm = float(np.linalg.norm(total))
+    if norm < 1e-6:
+        raise QueryError("The query's terms cancel out; change their weights.")
+    return QueryVector((total / norm).astype(np.float32), terms, warnings)
+
+
+@dataclass
+class SearchHit:
+    path: str  # first matching path of this content
+    paths: list[str]  # every path holding the same content
+    score: float  # cosine similarity
+    probability: float  # sigmoid(exp(t)·cos + b): calibrated for text queries only
+    image_id: int
+    width: int
+    height: int
+
+
+@dataclass
+class SearchResult:
+    query: str
+    hits: list[SearchHit]
+    terms: list[QueryTerm]
+    warnings: list[str] = field(default_factory=list)
+    untrained_model: bool = False
+
+
+def search(index: ImageIndex, model: LoadedModel, query: str | Image.Image | list[QueryTerm], k: int = 20,
+           min_score: float | None = None, path_contains: str | None = None) -> SearchResult:
+    """Top-k images for a query, best first; optional score threshold and path/folder filter."""
+    index.check_model(model)
+    if k < 1:
+        raise QueryError("k must be at least 1")
+    embedded = embed_query(model, query)
+    allowed = index.ids_matching_path(path_contains) if path_contains else None
+    hits: list[SearchHit] = []
+    if index.index.ntotal and (allowed is None or len(allowed)):
+        scores, ids = index.search_vectors(embedded.vector[None, :], k, allowed)
+        found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        records = index.catalog.images(i for _, i in found)
+        for score, image_id in found:
+            if min_score is not None and score < min_score:
+                continue
+            record = records.get(image_id)
+            if record is None:
+                continue
+            paths = [p for p in record.paths if not path_contains or path_contains in p] or record.paths
+            probability = float(sigmoid(np.float32(model.logit_scale * score + model.logit_bias)))
+            hits.append(SearchHit(paths[0], paths, score, probability, image_id, record.width, record.height))
+    label = query if isinstance(query, str) else "(image)"
+    return SearchResult(label, hits, embedded.terms, embedded.warnings, model.is_test_model)

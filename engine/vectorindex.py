@@ -1,0 +1,155 @@
+"""The FAISS side of an image index: which index type for how many vectors, tuning, atomic files.
+
+Chosen by size the way autofaiss does: exact `Flat` for small collections, HNSW while the full vectors
+fit the memory budget, IVF with 8-bit scalar quantisation beyond, IVF-PQ only when even that does not fit.
+Vectors are L2-normalised, so inner product is cosine similarity. Ids are the catalogue's image ids.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+FLAT_MAX = 20_000
+DEFAULT_MEMORY_BUDGET = 1.2 * 2**30  # bytes for the index itself
+DEFAULT_RECALL_TARGET = 0.95
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    factory: str  # FAISS index_factory string, e.g. "Flat", "HNSW32", "IVF4096_HNSW32,SQ8"
+    trained_for: int  # collection size the plan was made for (IVF: training size)
+
+    @property
+    def kind(self) -> str:
+        return self.factory.split(",")[0].split("_")[0].rstrip("0123456789")
+
+    @property
+    def needs_training(self) -> bool:
+        return self.factory.startswith("IVF")
+
+
+def plan_index(count: int, dim: int, memory_budget: float = DEFAULT_MEMORY_BUDGET, factory: str | None = None) -> IndexPlan:
+    """Pick an index type for `count` vectors of `dim` floats within `memory_budget` bytes."""
+    if factory:
+        return IndexPlan(factory, count)
+    if count <= FLAT_MAX:
+        return IndexPlan("Flat", count)
+    hnsw_bytes = count * (dim * 4 + 32 * 2 * 4 * 1.1)
+    if hnsw_bytes <= memory_budget and count <= 200_000:
+        return IndexPlan("HNSW32", count)
+    lists = 2 ** max(8, min(16, round(math.log2(4 * math.sqrt(count)))))
+    quantizer = f"IVF{lists}_HNSW32" if lists >= 4096 else f"IVF{lists}"
+    if count * (dim + 8) <= memory_budget:
+        return IndexPlan(f"{quantizer},SQ8", count)
+    pq_bytes = next((m for m in (64, 48, 32, 24, 16, 8) if dim % m == 0 and count * (m + 8) <= memory_budget), 8)
+    return IndexPlan(f"{quantizer},PQ{pq_bytes}x8", count)
+
+
+def create_index(plan: IndexPlan, dim: int, training_vectors: np.ndarray | None = None) -> faiss.Index:
+    """An empty index with external ids (training IVF indexes on `training_vectors`)."""
+    index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
+    if plan.needs_training:
+        if training_vectors is None or len(training_vectors) == 0:
+            raise ValueError("an IVF index needs training vectors")
+        lists = faiss.extract_index_ivf(index).nlist
+        sample = training_vectors[: max(lists * 40, 10_000)]
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    if plan.factory.startswith(("Flat", "HNSW")):
+        index = faiss.IndexIDMap2(index)
+    return index
+
+
+def supports_removal(index: faiss.Index) -> bool:
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    return not isinstance(inner, faiss.IndexHNSW)
+
+
+def set_search_params(index: faiss.Index, params: dict) -> None:
+    """Apply tuned parameters (nprobe for IVF, efSearch for HNSW); empty for exact search."""
+    if params:
+        faiss.ParameterSpace().set_index_parameters(index, ",".join(f"{k}={v}" for k, v in params.items()))
+
+
+def _parameter_ladder(index: faiss.Index) -> list[dict]:
+    try:
+        ivf = faiss.extract_index_ivf(index)
+        return [{"nprobe": n} for n in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256) if n <= ivf.nlist]
+    except RuntimeError:
+        pass
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    if isinstance(inner, faiss.IndexHNSW):
+        return [{"efSearch": e} for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 512)]
+    return []
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    return float(np.mean([len(set(f[:k]) & set(t)) / k for f, t in zip(found, truth)]))
+
+
+def tune(index: faiss.Index, queries: np.ndarray, true_ids: np.ndarray, target: float = DEFAULT_RECALL_TARGET) -> tuple[dict, float]:
+    """The cheapest search parameters reaching `target` recall@k against exact `true_ids` (n, k)."""
+    ladder = _parameter_ladder(index)
+    if not ladder:
+        return {}, 1.0
+    recall = 0.0
+    for params in ladder:
+        set_search_params(index, params)
+        _, found = index.search(queries, true_ids.shape[1])
+        recall = recall_at_k(found, true_ids)
+        if recall >= target:
+            return params, recall
+    return ladder[-1], recall
+
+
+def exact_top_k(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Brute-force top-k ids by inner product (ground truth for tuning and tests)."""
+    scores = queries @ vectors.T
+    k = min(k, vectors.shape[0])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
+    return ids[np.take_along_axis(top, order, axis=1)]
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_index_atomic(index: faiss.Index, path: Path) -> None:
+    """Write to a temporary file, fsync, rename over `path`, fsync the folder."""
+    tmp = path.with_name(path.name + ".tmp")
+    faiss.write_index(index, str(tmp))
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_directory(path.parent)
+
+
+def read_index(path: Path) -> faiss.Index:
+    return faiss.read_index(str(path))
+
+
+def memory_bytes(index: faiss.Index) -> int:
+    """Serialized size: a close proxy for the index's resident memory."""
+    return int(faiss.serialize_index(index).nbytes)
+
+
+def stored_ids(index: faiss.Index) -> np.ndarray:
+    """Every id held by an IDMap or IVF index (for consistency checks)."""
+    if isinstance(index, faiss.IndexIDMap2) or hasattr(index, "id_map"):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    chunks = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+              for i in range(ivf.nlist) if lists.list_size(i)]
+    return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)

@@ -1,0 +1,217 @@
+"""Image index: build, incremental updates, dedupe, bad files, search, model checks, locking."""
+
+import os
+import shutil
+
+import faiss
+import numpy as np
+import pytest
+
+from conftest import random_image
+from engine.errors import IndexStoreError, QueryError
+from engine.imageindex import ImageIndex, index_path, list_indexes, remove_index
+from engine.indexer import build_index
+from engine.search import parse_query, search
+from engine import vectorindex as vi
+
+
+def make_folder(root, count=12, start=0):
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(start, start + count):
+        sub = root / ("sub dir" if i % 3 == 0 else "")
+        sub.mkdir(exist_ok=True)
+        path = sub / f"photo {i} é.jpg"
+        random_image(120 + 7 * i, 160, seed=100 + i).save(path)
+        paths.append(path)
+    return paths
+
+
+def assert_consistent(name, index_dir):
+    with ImageIndex.open(name, index_dir) as index:
+        faiss_ids = sorted(vi.stored_ids(index.index).tolist())
+        catalog_ids = sorted(r[0] for r in index.catalog.db.execute("SELECT id FROM images"))
+        assert faiss_ids == catalog_ids
+        orphans = index.catalog.db.execute(
+            "SELECT COUNT(*) FROM images WHERE id NOT IN (SELECT image_id FROM files)").fetchone()[0]
+        dangling = index.catalog.db.execute(
+            "SELECT COUNT(*) FROM files WHERE image_id NOT IN (SELECT id FROM images)").fetchone()[0]
+        assert orphans == 0 and dangling == 0
+        return index.info()
+
+
+def test_build_search_incremental_delete_dedupe(naflex_model, tmp_path):
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    paths = make_folder(folder)
+    shutil.copy(paths[1], folder / "duplicate of 1.jpg")
+    calls = []
+    first = build_index(naflex_model, folder, "holiday", index_dir, batch_size=4,
+                        progress=lambda d, t: calls.append((d, t)))
+    assert (first.encoded, first.linked, first.images, first.files) == (12, 1, 12, 13)
+    assert calls[-1] == (13, 13)
+    assert_consistent("holiday", index_dir)
+
+    again = build_index(naflex_model, folder, "holiday", index_dir)
+    assert (again.encoded, again.unchanged, again.linked) == (0, 13, 0)
+
+    paths[2].unlink()  # deleted
+    random_image(90, 90, seed=999).save(paths[3])  # changed content, same path
+    os.utime(paths[4], ns=(1, 1))  # touched only: hashed, linked, not encoded
+    make_folder(folder, count=2, start=50)  # new
+    third = build_index(naflex_model, folder, "holiday", index_dir, batch_size=4)
+    assert (third.encoded, third.removed, third.linked) == (3, 1, 1)
+    info = assert_consistent("holiday", index_dir)
+    assert (info.images, info.files) == (13, 14)  # 12 - deleted - replaced + new content + 2 new
+
+    (folder / "duplicate of 1.jpg").unlink()  # one of two paths gone: the content stays
+    fourth = build_index(naflex_model, folder, "holiday", index_dir)
+    assert (fourth.removed, fourth.images, fourth.files) == (1, 13, 13)
+    assert list_indexes(index_dir) == ["holiday"]
+
+
+def test_search_equals_brute_force(naflex_model, tmp_path):
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    make_folder(folder, count=15)
+    build_index(naflex_model, folder, "exact", index_dir, batch_size=8)
+    with ImageIndex.open("exact", index_dir) as index:
+        ids, vectors = map(np.concatenate, zip(*index.catalog.iter_embeddings(index.dim)))
+        result = search(index, naflex_model, "a dog on the beach", k=5)
+        query = __import__("engine.search", fromlist=["embed_query"]).embed_query(naflex_model, "a dog on the beach")
+        truth = vi.exact_top_k(query.vector[None], vectors, ids, 5)[0]
+        assert [h.image_id for h in result.hits] == truth.tolist()
+        scores = vectors @ query.vector
+        np.testing.assert_allclose([h.score for h in result.hits], np.sort(scores)[::-1][:5], atol=1e-5)
+        expected_p = 1 / (1 + np.exp(-(naflex_model.logit_scale * result.hits[0].score + naflex_model.logit_bias)))
+        assert abs(result.hits[0].probability - expected_p) < 1e-5
+        assert result.untrained_model
+
+
+def test_image_and_combined_queries_threshold_and_filter(naflex_model, tmp_path):
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    paths = make_folder(folder, count=9)
+    build_index(naflex_model, folder, "mixed", index_dir)
+    with ImageIndex.open("mixed", index_dir) as index:
+        by_image = search(index, naflex_model, str(paths[4]), k=3)
+        assert by_image.terms[0].kind == "image" and by_image.hits[0].path == str(paths[4])
+        assert by_image.hits[0].score > 0.999
+        combined = search(index, naflex_model, f"2:red car + {paths[4]} - night", k=9)
+        assert [t.weight for t in combined.terms] == [2.0, 1.0, -1.0]
+        assert [t.kind for t in combined.terms] == ["text", "image", "text"]
+        cut = combined.hits[4].score
+        assert all(h.score >= cut for h in search(index, naflex_model, f"2:red car + {paths[4]} - night", k=9,
+                                                  min_score=cut).hits)
+        filtered = search(index, naflex_model, "anything", k=9, path_contains="sub dir")
+        assert filtered.hits and all("sub dir" in h.path for h in filtered.hits)
+        assert len(filtered.hits) == 3
+
+
+def test_query_parsing_errors():
+    with pytest.raises(QueryError, match="Empty query"):
+        parse_query("  ")
+    with pytest.raises(QueryError, match="positive"):
+        parse_query("-1:cat")
+    assert [(t.weight, t.value) for t in parse_query("0.5:sea + sky - clouds")] == [(0.5, "sea"), (1.0, "sky"), (-1.0, "clouds")]
+
+
+def test_bad_files_skipped_with_reasons(naflex_model, tmp_path):
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    make_folder(folder, count=3)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.png").write_text("hello")
+    good = (folder / "photo 1 é.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(good[: len(good) // 3])
+    os.symlink(folder / "nowhere.jpg", folder / "link.jpg")
+    (folder / "new\nline.png").write_bytes((folder / "photo 1 é.jpg").read_bytes())
+    from PIL import Image
+
+    Image.new("L", (20000, 10000)).save(folder / "bomb.png")
+    summary = build_index(naflex_model, folder, "bad", index_dir)
+    reasons = {os.path.basename(p): r for p, r in summary.skipped}
+    assert "empty" in reasons["empty.jpg"] and "not an image" in reasons["text.png"]
+    assert "truncated" in reasons["cut.jpg"] and "broken symbolic link" in reasons["link.jpg"]
+    assert "decompression bomb" in reasons["bomb.png"]
+    assert summary.images == 3 and summary.files == 4  # the newline-named copy is linked
+    with ImageIndex.open("bad", index_dir) as index:
+        assert len(index.catalog.skipped()) == 5
+    assert "skipped" in summary.describe()
+
+
+def test_names_cannot_escape(tmp_path):
+    for name in ("../x", "/etc/passwd", "a/b", "..", ".hidden", ""):
+        with pytest.raises(IndexStoreError, match="not allowed|leave"):
+            index_path(name, tmp_path)
+    with pytest.raises(IndexStoreError, match="No index named"):
+        ImageIndex.open("missing", tmp_path)
+
+
+def test_other_model_is_refused(naflex_model, fixed_model, naflex_dir, tmp_path):
+    from engine import load_model
+    from engine.testmodel import make_test_model
+
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    make_folder(folder, count=3)
+    build_index(naflex_model, folder, "mine", index_dir)
+    other_weights = load_model(str(make_test_model(tmp_path / "other", arch="naflex", seed=77)))
+    with ImageIndex.open("mine", index_dir) as index:
+        for wrong in (fixed_model, other_weights):
+            with pytest.raises(IndexStoreError, match="was built with"):
+                search(index, wrong, "cat")
+        search(index, load_model(str(naflex_dir)), "cat")  # same checkpoint loaded again is fine
+
+
+def test_second_writer_gets_a_clear_message(naflex_model, tmp_path):
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    make_folder(folder, count=2)
+    build_index(naflex_model, folder, "busy", index_dir)
+    with ImageIndex.open("busy", index_dir, writable=True):
+        with pytest.raises(IndexStoreError, match="another process"):
+            build_index(naflex_model, folder, "busy", index_dir)
+        with ImageIndex.open("busy", index_dir) as reader:  # readers are not blocked
+            assert reader.info().images == 2
+    remove_index("busy", index_dir)
+    assert list_indexes(index_dir) == []
+
+
+def test_index_choice_by_size():
+    assert vi.plan_index(5_000, 768).factory == "Flat"
+    assert vi.plan_index(100_000, 768).factory == "HNSW32"
+    assert vi.plan_index(1_000_000, 768).factory == "IVF4096_HNSW32,SQ8"
+    assert vi.plan_index(1_000_000, 768, memory_budget=2**28).factory.endswith(",PQ256x8") is False
+    assert "PQ" in vi.plan_index(1_000_000, 768, memory_budget=2**28).factory
+    assert vi.plan_index(10, 768, factory="IVF16,Flat").factory == "IVF16,Flat"
+
+
+def test_ivf_add_after_training_and_rebuild_when_grown(naflex_model, tmp_path):
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    make_folder(folder, count=12)
+    build_index(naflex_model, folder, "ivf", index_dir, factory="IVF4,Flat")
+    with ImageIndex.open("ivf", index_dir) as index:
+        assert index.meta["factory"] == "IVF4,Flat" and index.meta["trained_for"] == 12
+        assert isinstance(faiss.extract_index_ivf(index.index), faiss.IndexIVF)
+    make_folder(folder, count=8, start=100)  # grows by 8: added to the trained index, no retraining
+    build_index(naflex_model, folder, "ivf", index_dir)
+    info = assert_consistent("ivf", index_dir)
+    with ImageIndex.open("ivf", index_dir) as index:
+        assert index.meta["trained_for"] == 12 and info.images == 20
+    make_folder(folder, count=10, start=200)  # now 30 > 2 × 12: retrained on everything
+    build_index(naflex_model, folder, "ivf", index_dir)
+    with ImageIndex.open("ivf", index_dir) as index:
+        assert index.meta["trained_for"] == 30
+        assert index.meta["recall_estimate"] >= 0.95
+    assert_consistent("ivf", index_dir)
+
+
+def test_tuning_reaches_recall_target():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(50, 32)).astype(np.float32)
+    data = centers[rng.integers(0, 50, 20_000)] + 0.3 * rng.normal(size=(20_000, 32)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    ids = np.arange(len(data), dtype=np.int64)
+    index = vi.create_index(vi.IndexPlan("IVF64,Flat", len(data)), 32, data)
+    index.add_with_ids(data, ids)
+    queries = data[:100] + 0.05 * rng.normal(size=(100, 32)).astype(np.float32)
+    truth = vi.exact_top_k(queries, data, ids, 10)
+    params, recall = vi.tune(index, queries, truth, 0.95)
+    assert recall >= 0.95 and params["nprobe"] < 64
+    vi.set_search_params(index, params)
+    assert vi.recall_at_k(index.search(queries, 10)[1], truth) == pytest.approx(recall)
