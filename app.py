@@ -1,0 +1,63 @@
+"""SigLIP 2 Studio: `python app.py [--model ID_OR_PATH] [--device D] [--dtype T] [--host H] [--port P]`.
+
+Every option can also come from the environment (for Hugging Face Spaces): STUDIO_MODEL, STUDIO_DEVICE,
+STUDIO_DTYPE, STUDIO_HOST (or GRADIO_SERVER_NAME), STUDIO_PORT (or GRADIO_SERVER_PORT), STUDIO_INDEX_DIR,
+STUDIO_ALLOWED_ROOTS (folders the UI may read, separated by the OS path separator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from engine import DEFAULT_MODEL, StudioError
+from engine.imageindex import default_index_dir
+
+ROOT = Path(__file__).resolve().parent
+MAX_UPLOAD = "50mb"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(description="SigLIP 2 Studio")
+    parser.add_argument("--model", default=env("STUDIO_MODEL", DEFAULT_MODEL), help="Hub id or local folder")
+    parser.add_argument("--test-model", action="store_true", help="start with the small untrained test model")
+    parser.add_argument("--device", default=env("STUDIO_DEVICE"))
+    parser.add_argument("--dtype", default=env("STUDIO_DTYPE"))
+    parser.add_argument("--host", default=env("STUDIO_HOST") or env("GRADIO_SERVER_NAME") or "127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(env("STUDIO_PORT") or env("GRADIO_SERVER_PORT") or 7860))
+    parser.add_argument("--index-dir", default=env("STUDIO_INDEX_DIR") or str(default_index_dir()))
+    parser.add_argument("--allowed-root", action="append", default=None,
+                        help="a server folder the UI may index or label (repeatable)")
+    return parser.parse_args(argv)
+
+
+def make_studio(args):
+    from app.studio import Studio
+
+    roots = args.allowed_root or [p for p in os.environ.get("STUDIO_ALLOWED_ROOTS", "").split(os.pathsep) if p]
+    roots = [Path(r).expanduser().resolve() for r in roots] or [ROOT / "assets"]
+    Path(args.index_dir).mkdir(parents=True, exist_ok=True)
+    studio = Studio(index_dir=Path(args.index_dir), allowed_roots=roots, device=args.device, dtype=args.dtype)
+    try:
+        studio.load_test_model() if args.test_model else studio.load(args.model)
+    except StudioError as error:
+        logging.getLogger("app").warning("starting without a model: %s", error)
+    return studio
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    from app import build_app
+
+    studio = make_studio(args)
+    demo = build_app(studio)
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD,
+                allowed_paths=[str(ROOT / "assets")], footer_links=["api", "settings"])
+
+
+if __name__ == "__main__":
+    main()

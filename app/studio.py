@@ -1,0 +1,93 @@
+"""What the UI shares between users: the loaded model, the job running on it, and where files may come from."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine import LoadedModel, StudioError, load_model
+from engine.testmodel import make_test_model
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+UNTRAINED_WARNING = ("⚠️ **Untrained test model** (random weights): these results are meaningless; "
+                     "they only show that the interface works. Load a real checkpoint in the Models tab.")
+NO_MODEL = "No model is loaded. Open the **Models** tab and load a checkpoint (or the small test model)."
+
+
+@dataclass
+class Studio:
+    """One per app: the model every tab uses, guarded so that a model switch never lands mid-job."""
+
+    index_dir: Path
+    allowed_roots: list[Path]
+    device: str | None = None
+    dtype: str | None = None
+    model: LoadedModel | None = None
+    load_error: str | None = None
+    running_job: str | None = None
+    _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def load(self, name: str, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+        with self._guard:
+            if self.running_job:
+                raise StudioError(f"Model switch refused: “{self.running_job}” is running on the current model. "
+                                  "Wait for it to finish, then load again.")
+            self.running_job = "loading a model"
+        try:
+            model = load_model(name, device=device or self.device, dtype=dtype or self.dtype)
+            self.model, self.load_error = model, None
+            return model
+        except StudioError as error:
+            self.load_error = str(error)
+            raise
+        finally:
+            self.running_job = None
+
+    def load_test_model(self, arch: str = "naflex") -> LoadedModel:
+        folder = Path(tempfile.gettempdir()) / f"siglip2-studio-test-model-{arch}"
+        if not (folder / "model.safetensors").exists():
+            make_test_model(folder, arch=arch, size="tiny", seed=0)
+        return self.load(str(folder), device="cpu", dtype="fp32")
+
+    def require_model(self) -> LoadedModel:
+        if self.model is None:
+            raise StudioError(NO_MODEL)
+        return self.model
+
+    @contextmanager
+    def job(self, name: str):
+        """Run `name` on the current model; a model switch meanwhile is refused."""
+        with self._guard:
+            model = self.require_model()
+            if self.running_job == "loading a model":
+                raise StudioError("A model is being loaded; try again in a moment.")
+            self.running_job = name
+        try:
+            yield model
+        finally:
+            self.running_job = None
+
+    def check_folder(self, folder: str) -> Path:
+        """A server folder the UI may read: it must exist and lie inside an allowed root."""
+        if not folder or not folder.strip():
+            raise StudioError("Give a folder on the server, or upload images.")
+        path = Path(folder.strip()).expanduser().resolve()
+        if not any(path == root or root in path.parents for root in self.allowed_roots):
+            roots = ", ".join(str(r) for r in self.allowed_roots)
+            raise StudioError(f"{folder}: outside the folders this server allows ({roots}). "
+                              "Start the app with --allowed-root to add one.")
+        if not path.is_dir():
+            raise StudioError(f"{folder}: no such folder on the server.")
+        return path
+
+    def notes(self, warnings: list[str] = (), failures=()) -> str:
+        """Markdown for a result: the untrained-model banner, warnings and skipped inputs."""
+        lines = [UNTRAINED_WARNING] if self.model is not None and self.model.is_test_model else []
+        lines += [f"- ⚠️ {w}" for w in warnings]
+        lines += [f"- ⛔ {f}" for f in failures]
+        return "\n".join(lines)

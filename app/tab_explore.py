@@ -1,0 +1,116 @@
+"""Embedding explorer: a UMAP map of an index as a plotly WebGL scatter, coloured by cluster or by
+zero-shot label, with a text query placed on the map and thumbnails on click."""
+
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+import plotly.graph_objects as go
+
+from engine import StudioError
+from engine.encode import encode_texts
+from engine.imageindex import ImageIndex
+from engine.project import DEFAULT_MAX_POINTS, cluster_colours, project_index
+from engine.zeroshot import logits_for, prepare_labels
+
+from .common import MODEL_QUEUE, gpu, thumbnail, user_errors
+from .studio import Studio
+
+# gr.Plot has no click event: forward plotly's own click to a hidden textbox that the server watches.
+CLICK_BRIDGE = """
+() => {
+  setTimeout(() => {
+    const plot = document.querySelector('#explore-map .js-plotly-plot');
+    if (!plot || plot.dataset.bridged) return;
+    plot.dataset.bridged = '1';
+    plot.on('plotly_click', (event) => {
+      const box = document.querySelector('#explore-clicked textarea, #explore-clicked input');
+      if (!box || !event.points.length) return;
+      box.value = String(event.points[0].customdata[0]);
+      box.dispatchEvent(new Event('input', {bubbles: true}));
+    });
+  }, 500);
+}
+"""
+
+
+def figure(coords, colours, names, ids, query_point=None, query_text="") -> go.Figure:
+    fig = go.Figure()
+    for colour in sorted(set(colours)):
+        members = [i for i, c in enumerate(colours) if c == colour]
+        fig.add_trace(go.Scattergl(
+            x=coords[members, 0], y=coords[members, 1], mode="markers", name=str(colour),
+            marker={"size": 7, "opacity": 0.8}, customdata=np.stack([ids[members]], axis=1),
+            text=[names[i] for i in members], hovertemplate="%{text}<extra>" + str(colour) + "</extra>"))
+    if query_point is not None:
+        fig.add_trace(go.Scattergl(x=[query_point[0]], y=[query_point[1]], mode="markers+text", name="query",
+                                   text=[query_text], textposition="top center", customdata=[[-1]],
+                                   marker={"size": 18, "symbol": "star", "color": "black"}))
+    fig.update_layout(height=560, margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"title": "colour"},
+                      xaxis={"visible": False}, yaxis={"visible": False})
+    return fig
+
+
+def build(studio: Studio) -> None:
+    from engine.imageindex import list_indexes
+
+    with gr.Row():
+        with gr.Column(scale=1):
+            index_name = gr.Dropdown(list_indexes(studio.index_dir), label="Index", allow_custom_value=True)
+            colour_by = gr.Radio(["cluster", "zero-shot label"], value="cluster", label="Colour by")
+            clusters = gr.Slider(2, 30, value=8, step=1, label="Clusters (k-means)")
+            labels = gr.Textbox("a person, an animal, a landscape, food, a vehicle", label="Labels (zero-shot colouring)")
+            query = gr.Textbox(label="Text query to place on the map")
+            max_points = gr.Slider(500, 100_000, value=DEFAULT_MAX_POINTS, step=500,
+                                   label="Most points to draw (random subsample above)")
+            draw = gr.Button("Draw map", variant="primary")
+            notes = gr.Markdown(elem_id="explore-notes")
+            clicked = gr.Textbox(visible="hidden", elem_id="explore-clicked")
+            picked = gr.Image(label="Clicked image", height=220, interactive=False)
+        with gr.Column(scale=3):
+            plot = gr.Plot(elem_id="explore-map", label="Embedding map")
+            nearest = gr.Gallery(label="Nearest to the query", columns=6, height=220)
+
+    @gpu
+    @user_errors
+    def do_explore(name: str, how: str = "cluster", k: int = 8, label_text: str = "", text: str = "",
+                   limit: int = DEFAULT_MAX_POINTS):
+        if not (name or "").strip():
+            raise StudioError("Choose an index to explore, or build one in the Search tab.")
+        with studio.job("drawing the map") as model, ImageIndex.open(name, studio.index_dir) as index:
+            index.check_model(model)
+            projection = project_index(index, max_points=int(limit))
+            if not len(projection.image_ids):
+                raise StudioError(f"Index {name!r} is empty.")
+            records = index.catalog.images(projection.image_ids)
+            names = [records[int(i)].paths[0] for i in projection.image_ids]
+            if how == "zero-shot label":
+                label_set = prepare_labels(model, label_text or "")
+                scores = logits_for(model, projection.vectors, label_set.text_vectors)
+                colours = [label_set.labels[j] for j in scores.argmax(axis=1)]
+            else:
+                colours = [f"cluster {c}" for c in cluster_colours(projection.vectors, int(k))]
+            point, gallery = None, []
+            if (text or "").strip():
+                vector = encode_texts(model, [text]).vectors[0]
+                point = projection.place(vector)
+                order = np.argsort(-(projection.vectors @ vector))[:12]
+                gallery = [(thumbnail(names[i]), names[i].rsplit("/", 1)[-1]) for i in order]
+        fig = figure(projection.coords, colours, names, projection.image_ids, point, text)
+        return fig, "\n\n".join(x for x in (projection.describe() + ".", studio.notes()) if x), \
+            [g for g in gallery if g[0] is not None]
+
+    @user_errors
+    def do_pick(name: str, image_id: str):
+        if not (image_id or "").strip() or image_id.strip() == "-1":
+            return None
+        with ImageIndex.open(name, studio.index_dir) as index:
+            record = index.catalog.images([int(image_id)]).get(int(image_id))
+        return thumbnail(record.paths[0], 512) if record else None
+
+    event = draw.click(do_explore, [index_name, colour_by, clusters, labels, query, max_points],
+                       [plot, notes, nearest], api_name="explore", concurrency_id=MODEL_QUEUE)
+    event.then(None, None, None, js=CLICK_BRIDGE)
+    clicked.input(do_pick, [index_name, clicked], picked, api_name=False)
+    index_name.focus(lambda: gr.Dropdown(choices=list_indexes(studio.index_dir)), None, index_name,
+                     api_name=False, queue=False)

@@ -1,0 +1,80 @@
+"""Models tab: pick a checkpoint (or a local folder, or the small test model) and see what is loaded."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from engine import CHECKPOINTS, DEFAULT_MODEL
+
+from .common import user_errors
+from .studio import Studio
+
+
+def model_summary(studio: Studio) -> str:
+    model = studio.model
+    if model is None:
+        why = f"\n\n**Why:** {studio.load_error}" if studio.load_error else ""
+        return f"### No model loaded{why}"
+    lines = [f"### Loaded: `{model.name}`",
+             "⚠️ **Untrained test model** — random weights; every result is meaningless." if model.is_test_model else "",
+             "| | |", "|---|---|",
+             f"| architecture | {'NaFlex (Siglip2Model)' if model.arch == 'naflex' else 'fixed resolution (SiglipModel)'} |",
+             f"| patch size | {model.patch_size} |",
+             f"| {'sequence length' if model.arch == 'naflex' else 'resolution'} | {model.resolution_label} |",
+             f"| parameters | {model.num_parameters / 1e6:.1f} M |",
+             f"| weights in memory | {model.memory_bytes / 2**20:.0f} MiB |",
+             f"| device, dtype | {model.device.type}, {str(model.dtype).replace('torch.', '')} |",
+             f"| embedding size | {model.embed_dim} |"]
+    if model.checkpoint:
+        c = model.checkpoint
+        lines += [f"| paper: ImageNet 0-shot | {c.imagenet_zero_shot} |",
+                  f"| paper: COCO text→image / image→text R@1 | {c.coco_text_to_image} / {c.coco_image_to_text} |"]
+    return "\n".join(line for line in lines if line != "")
+
+
+def banner(studio: Studio) -> gr.Markdown:
+    if studio.model is None:
+        text = ("⛔ **No model loaded.** " + (studio.load_error or "")
+                + " Use the **Models** tab to load a checkpoint, a local folder, or the small test model.")
+        return gr.Markdown(text, visible=True)
+    if studio.model.is_test_model:
+        return gr.Markdown("⚠️ An **untrained test model** is loaded: results only show that the interface works.",
+                           visible=True)
+    return gr.Markdown("", visible=False)
+
+
+def paper_table() -> list[list]:
+    return [[c.hub_id, c.label, c.imagenet_zero_shot, c.coco_text_to_image, c.coco_image_to_text] for c in CHECKPOINTS]
+
+
+def build(studio: Studio, banner_box: gr.Markdown) -> None:
+    with gr.Row():
+        with gr.Column(scale=2):
+            choice = gr.Dropdown([c.hub_id for c in CHECKPOINTS], value=DEFAULT_MODEL, label="Released checkpoint",
+                                 allow_custom_value=True)
+            local = gr.Textbox(label="…or a local checkpoint folder (Hugging Face layout)", placeholder="/models/siglip2")
+            with gr.Row():
+                device = gr.Dropdown(["auto", "cpu", "cuda", "mps"], value="auto", label="Device")
+                dtype = gr.Dropdown(["auto", "fp32", "bf16", "fp16"], value="auto", label="Dtype")
+            with gr.Row():
+                load = gr.Button("Load", variant="primary")
+                load_test = gr.Button("Load a small generated test model (untrained, works offline)")
+        with gr.Column(scale=3):
+            summary = gr.Markdown(model_summary(studio), elem_id="model-summary")
+    gr.Dataframe(paper_table(), headers=["checkpoint", "model", "INet 0-shot", "COCO T→I", "COCO I→T"],
+                 label="The 17 released checkpoints (numbers from the SigLIP 2 paper)", interactive=False)
+
+    @user_errors
+    def do_load(hub_id: str, folder: str, device_name: str, dtype_name: str):
+        studio.load((folder or "").strip() or hub_id, device=device_name, dtype=dtype_name)
+        return model_summary(studio), banner(studio)
+
+    @user_errors
+    def do_load_test():
+        studio.load_test_model()
+        return model_summary(studio), banner(studio)
+
+    load.click(do_load, [choice, local, device, dtype], [summary, banner_box], api_name="load_model",
+               concurrency_id="loader", concurrency_limit=1)
+    load_test.click(do_load_test, None, [summary, banner_box], api_name="load_test_model",
+                    concurrency_id="loader", concurrency_limit=1)

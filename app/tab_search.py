@@ -1,0 +1,145 @@
+"""Search tab: build or open an index, search it by text (any language), by image, or both, and
+compare the same query across languages."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import gradio as gr
+
+from engine import StudioError
+from engine.imageindex import ImageIndex, index_path, list_indexes
+from engine.indexer import build_index
+from engine.search import QueryTerm, parse_query, search
+
+from .common import MODEL_QUEUE, ImageInput, gpu, progress_callback, thumbnail, uploaded_paths, user_errors
+from .studio import Studio
+
+UPLOADS = ".uploads"  # under the index folder; index names cannot start with a dot
+
+
+def _gallery(result) -> list[tuple]:
+    items = []
+    for hit in result.hits:
+        image = thumbnail(hit.path)
+        if image is not None:
+            items.append((image, f"{Path(hit.path).name} · cos {hit.score:.3f} · p {hit.probability:.3f}"))
+    return items
+
+
+def _hits_note(studio: Studio, result, index_name: str) -> str:
+    head = f"{len(result.hits)} result(s) in **{index_name}** for `{result.query}`"
+    if result.terms and any(t.kind == "image" for t in result.terms):
+        head += " (probabilities are calibrated for text queries only)"
+    return "\n\n".join(x for x in (head, studio.notes(result.warnings)) if x)
+
+
+def build(studio: Studio) -> dict:
+    refresh_choices = lambda: gr.Dropdown(choices=list_indexes(studio.index_dir))  # noqa: E731
+    with gr.Row():
+        with gr.Column(scale=1):
+            gr.Markdown("#### Create or update an index")
+            new_name = gr.Textbox(label="Index name", placeholder="holiday-2026")
+            files = gr.File(file_count="multiple", file_types=["image"], type="filepath", label="Upload images")
+            folder = gr.Textbox(label="…or a folder on the server (inside the allowed roots)")
+            build_button = gr.Button("Build / update index", variant="primary")
+            build_notes = gr.Markdown(elem_id="build-notes")
+        with gr.Column(scale=2):
+            index_name = gr.Dropdown(list_indexes(studio.index_dir), label="Index to search", allow_custom_value=True,
+                                     elem_id="search-index")
+            query = gr.Textbox(label="Text query, any language (combine: `2:red car + sunset - night`)",
+                               elem_id="search-query")
+            with gr.Row():
+                query_image = ImageInput(type="filepath", label="…and/or an example image", height=180)
+                with gr.Column():
+                    image_weight = gr.Slider(-2, 4, value=1, step=0.1, label="Weight of the example image")
+                    k = gr.Slider(1, 100, value=12, step=1, label="Results (k)")
+                    min_score = gr.Slider(-1, 1, value=-1, step=0.01, label="Minimum cosine score")
+                    path_filter = gr.Textbox(label="Only paths containing")
+            with gr.Row():
+                text_button = gr.Button("Search by text", variant="primary")
+                image_button = gr.Button("Search by image (+ text)")
+            search_notes = gr.Markdown(elem_id="search-notes")
+            gallery = gr.Gallery(label="Results", columns=4, height=480, elem_id="search-gallery")
+    with gr.Accordion("Compare languages", open=False):
+        languages = gr.Textbox(label="The same query in several languages, one per line",
+                               value="a dog on the beach\nun chien sur la plage\nein Hund am Strand\n海滩上的狗", lines=4)
+        compare_button = gr.Button("Compare")
+        compare_table = gr.Dataframe(label="Top results per language", interactive=False)
+        overlap_table = gr.Dataframe(label="Overlap of the top-k between languages (shared results / k)",
+                                     interactive=False)
+
+    @gpu
+    @user_errors
+    def do_build(name: str, uploaded, server_folder: str, progress=gr.Progress()):
+        name = (name or "").strip()
+        target = index_path(name, studio.index_dir)  # validates the name first
+        paths = uploaded_paths(uploaded)
+        if server_folder and server_folder.strip():
+            if paths:
+                raise StudioError("Give either uploaded images or a server folder, not both.")
+            source = studio.check_folder(server_folder)
+        elif paths:
+            source = Path(studio.index_dir) / UPLOADS / target.name
+            source.mkdir(parents=True, exist_ok=True)
+            for path in paths:
+                shutil.copy2(path, source / Path(path).name)
+        else:
+            raise StudioError("Upload images or give a server folder to index.")
+        with studio.job(f"building index {name}") as model:
+            summary = build_index(model, source, name, studio.index_dir,
+                                  progress=progress_callback(progress, "indexing"))
+        text = summary.describe().replace("\n", "\n\n")
+        return "\n\n".join(x for x in (text, studio.notes()) if x), gr.Dropdown(
+            choices=list_indexes(studio.index_dir), value=name)
+
+    def _run(name: str, terms, n: int, cut: float, path_part: str):
+        if not (name or "").strip():
+            raise StudioError("Choose an index to search, or build one first.")
+        with studio.job("searching") as model, ImageIndex.open(name or "", studio.index_dir) as index:
+            return search(index, model, terms, k=int(n), min_score=None if cut <= -1 else cut,
+                          path_contains=(path_part or "").strip() or None)
+
+    @gpu
+    @user_errors
+    def do_search_text(name: str, text: str, n: int = 12, cut: float = -1, path_part: str = ""):
+        result = _run(name, text, n, cut, path_part)
+        return _gallery(result), _hits_note(studio, result, name)
+
+    @gpu
+    @user_errors
+    def do_search_image(name: str, image_path, weight: float = 1.0, text: str = "", n: int = 12, cut: float = -1,
+                        path_part: str = ""):
+        if not image_path:
+            raise StudioError("Add an example image first.")
+        terms = [QueryTerm(float(weight), "image", image_path)] + (parse_query(text) if (text or "").strip() else [])
+        result = _run(name, terms, n, cut, path_part)
+        return _gallery(result), _hits_note(studio, result, name)
+
+    @gpu
+    @user_errors
+    def do_compare(name: str, lines: str, n: int = 12):
+        queries = [line.strip() for line in (lines or "").splitlines() if line.strip()]
+        if len(queries) < 2:
+            raise StudioError("Give at least two versions of the query, one per line.")
+        results = [_run(name, q, n, -1, "") for q in queries]
+        top = [[Path(h.path).name for h in r.hits] for r in results]
+        depth = max(len(t) for t in top)
+        rows = [[rank + 1] + [t[rank] if rank < len(t) else "" for t in top] for rank in range(depth)]
+        overlap = [[q] + [f"{len(set(a) & set(b)) / max(len(a), 1):.2f}" for b in top] for q, a in zip(queries, top)]
+        return (gr.Dataframe(rows, headers=["rank"] + queries),
+                gr.Dataframe(overlap, headers=["query"] + queries))
+
+    build_button.click(do_build, [new_name, files, folder], [build_notes, index_name], api_name="build_index",
+                       concurrency_id=MODEL_QUEUE)
+    text_inputs = [index_name, query, k, min_score, path_filter]
+    text_button.click(do_search_text, text_inputs, [gallery, search_notes], api_name="search_text",
+                      concurrency_id=MODEL_QUEUE)
+    query.submit(do_search_text, text_inputs, [gallery, search_notes], api_name=False, concurrency_id=MODEL_QUEUE)
+    image_button.click(do_search_image, [index_name, query_image, image_weight, query, k, min_score, path_filter],
+                       [gallery, search_notes], api_name="search_image", concurrency_id=MODEL_QUEUE)
+    compare_button.click(do_compare, [index_name, languages, k], [compare_table, overlap_table],
+                         api_name="compare_languages", concurrency_id=MODEL_QUEUE)
+    index_name.focus(refresh_choices, None, index_name, api_name=False, queue=False)
+    return {"index_name": index_name}

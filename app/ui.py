@@ -1,0 +1,28 @@
+"""The Blocks layout: a banner, then the Models, Label, Search and Explore tabs around one Studio."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from . import tab_explore, tab_label, tab_models, tab_search
+from .studio import Studio
+
+INTRO = ("# SigLIP 2 Studio\nZero-shot labelling, multilingual image search and an embedding explorer over "
+         "Google's SigLIP 2 encoders. Probabilities are SigLIP's sigmoid scores: independent per label.")
+
+
+def build_app(studio: Studio) -> gr.Blocks:
+    with gr.Blocks(title="SigLIP 2 Studio") as demo:
+        gr.Markdown(INTRO)
+        banner_box = tab_models.banner(studio)
+        banner_box.elem_id = "banner"
+        with gr.Tab("Label", id="label"):
+            tab_label.build(studio)
+        with gr.Tab("Search", id="search"):
+            tab_search.build(studio)
+        with gr.Tab("Explore", id="explore"):
+            tab_explore.build(studio)
+        with gr.Tab("Models", id="models"):
+            tab_models.build(studio, banner_box)
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    return demo

@@ -1,0 +1,87 @@
+"""Turning zero-shot scores into label assignments, and exporting them (CSV, JSONL, ImageFolder)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LabelError
+from .zeroshot import ZeroShotResult
+
+UNLABELLED = "_unlabelled"
+
+
+@dataclass
+class LabelAssignment:
+    image: str
+    labels: list[str]  # chosen labels, best first (empty: none reached the threshold)
+    probabilities: list[float]  # of the chosen labels
+
+
+def assign_labels(result: ZeroShotResult, threshold: float = 0.5, mode: str = "multi") -> list[LabelAssignment]:
+    """Multi-label: every label with probability ≥ threshold. Single-label: the best label, if ≥ threshold."""
+    if mode not in ("multi", "single"):
+        raise LabelError("mode must be 'multi' or 'single'")
+    assignments = []
+    for row, image in enumerate(result.sources):
+        order = np.argsort(-result.probabilities[row])
+        chosen = [i for i in order if result.probabilities[row, i] >= threshold]
+        if mode == "single":
+            chosen = chosen[:1]
+        assignments.append(LabelAssignment(image, [result.labels[i] for i in chosen],
+                                           [float(result.probabilities[row, i]) for i in chosen]))
+    return assignments
+
+
+def export_csv(result: ZeroShotResult, assignments: list[LabelAssignment], path: str | Path) -> Path:
+    """One row per image: path, chosen labels, then each label's probability."""
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "labels"] + [f"p({label})" for label in result.labels])
+        for row, assignment in enumerate(assignments):
+            writer.writerow([assignment.image, ";".join(assignment.labels)]
+                            + [f"{p:.6f}" for p in result.probabilities[row]])
+    return path
+
+
+def export_jsonl(result: ZeroShotResult, assignments: list[LabelAssignment], path: str | Path) -> Path:
+    """One JSON object per image: chosen labels and every label's logit and probability."""
+    path = Path(path)
+    with open(path, "w", encoding="utf-8") as handle:
+        for record, assignment in zip(result.records(), assignments):
+            record["labels"] = assignment.labels
+            record["untrained_model"] = result.untrained
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+def safe_folder_name(label: str) -> str:
+    cleaned = re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", label).strip(" .")
+    return cleaned or "_"
+
+
+def export_imagefolder(assignments: list[LabelAssignment], out_dir: str | Path) -> Path:
+    """Copy each image into one folder per chosen label (ImageFolder layout); unlabelled ones apart."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for assignment in assignments:
+        source = Path(assignment.image)
+        if not source.is_file():
+            continue  # in-memory images have no file to copy
+        for label in assignment.labels or [UNLABELLED]:
+            folder = out / safe_folder_name(label)
+            folder.mkdir(exist_ok=True)
+            target = folder / source.name
+            stem, number = target.stem, 1
+            while target.exists():
+                target = folder / f"{stem}_{number}{source.suffix}"
+                number += 1
+            shutil.copy2(source, target)
+    return out

@@ -1,0 +1,93 @@
+"""A 2-D map of an index's embeddings (UMAP), coloured by cluster or zero-shot label, cached per index."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .imageindex import ImageIndex
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_POINTS = 20_000  # above this a WebGL scatter with thumbnails gets sluggish in a browser
+
+
+@dataclass
+class Projection:
+    image_ids: np.ndarray  # (n,) int64, the index ids of the plotted points
+    coords: np.ndarray  # (n, 2) float32
+    vectors: np.ndarray  # (n, dim) float32 embeddings of those points
+    total: int  # images in the index
+    method: str  # "umap" or "pca" (too few points for UMAP)
+
+    @property
+    def subsampled(self) -> bool:
+        return len(self.image_ids) < self.total
+
+    def describe(self) -> str:
+        shown = f"{len(self.image_ids):,} of {self.total:,} images (random subsample)" if self.subsampled \
+            else f"all {self.total:,} images"
+        return f"{self.method.upper()} map of {shown}"
+
+    def place(self, vector: np.ndarray, neighbours: int = 10) -> np.ndarray:
+        """Where a new embedding (dim,) lands: the similarity-weighted mean of its nearest plotted points."""
+        scores = self.vectors @ vector
+        top = np.argsort(-scores)[:neighbours]
+        weights = np.exp((scores[top] - scores[top].max()) * 20)
+        return (self.coords[top] * weights[:, None]).sum(axis=0) / weights.sum()
+
+
+def _layout(vectors: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
+    if len(vectors) < 8:
+        centred = vectors - vectors.mean(axis=0)
+        _, _, components = np.linalg.svd(centred, full_matrices=False)
+        coords = centred @ components[:2].T if len(vectors) > 1 else np.zeros((len(vectors), 2))
+        return np.pad(coords, ((0, 0), (0, max(0, 2 - coords.shape[1])))).astype(np.float32), "pca"
+    import umap
+
+    reducer = umap.UMAP(n_neighbors=min(15, len(vectors) - 1), metric="cosine", random_state=seed,
+                        init="spectral" if len(vectors) > 50 else "random")
+    return reducer.fit_transform(vectors).astype(np.float32), "umap"
+
+
+def project_index(index: ImageIndex, max_points: int = DEFAULT_MAX_POINTS, seed: int = 0) -> Projection:
+    """UMAP of the index's embeddings (subsampled above `max_points`), cached beside the index."""
+    total = index.catalog.count_images()
+    cache = Path(index.path) / f"projection-v{index.catalog.version}-{max_points}-{seed}.npz"
+    chunks = list(index.catalog.iter_embeddings(index.dim))
+    ids = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, np.int64)
+    vectors = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros((0, index.dim), np.float32)
+    if cache.exists():
+        stored = np.load(cache)
+        keep = np.searchsorted(ids, stored["image_ids"])
+        return Projection(stored["image_ids"], stored["coords"], vectors[keep], total, str(stored["method"]))
+    if total == 0:
+        return Projection(ids, np.zeros((0, 2), np.float32), vectors, 0, "umap")
+    if total > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(total, size=max_points, replace=False))
+        ids, vectors = ids[keep], vectors[keep]
+    coords, method = _layout(vectors, seed)
+    if index.lock is not None or _writable(index.path):
+        for old in Path(index.path).glob("projection-*.npz"):
+            old.unlink(missing_ok=True)
+        np.savez(cache, image_ids=ids, coords=coords, method=np.array(method))
+    return Projection(ids, coords, vectors, total, method)
+
+
+def _writable(path) -> bool:
+    import os
+
+    return os.access(path, os.W_OK)
+
+
+def cluster_colours(vectors: np.ndarray, clusters: int = 8, seed: int = 0) -> np.ndarray:
+    """(n,) cluster number per point, k-means (FAISS) on the embeddings."""
+    import faiss
+
+    clusters = max(1, min(clusters, len(vectors)))
+    kmeans = faiss.Kmeans(vectors.shape[1], clusters, niter=20, seed=seed, spherical=True, verbose=False,
+                          min_points_per_centroid=1)
+    kmeans.train(np.ascontiguousarray(vectors, dtype=np.float32))
+    return kmeans.index.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)[1][:, 0]

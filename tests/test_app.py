@@ -1,0 +1,144 @@
+"""The app, launched for real on a free port with a generated model, driven through gradio_client."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+
+from apphost import AppProcess
+from conftest import random_image
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def photo_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("allowed")
+    folder = root / "photos"
+    folder.mkdir()
+    for i in range(8):
+        random_image(100 + 10 * i, 150, seed=300 + i).save(folder / f"photo {i}.jpg")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, photo_root):
+    index_dir = tmp_path_factory.mktemp("app-indexes")
+    host = AppProcess("--test-model", "--index-dir", str(index_dir), "--allowed-root", str(photo_root))
+    yield host
+    host.stop()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return Client(app.url, verbose=False)
+
+
+def test_api_names_are_published(client):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    for name in ("/classify", "/label_batch", "/build_index", "/search_text", "/search_image", "/explore",
+                 "/load_model", "/load_test_model", "/compare_languages", "/export_labels"):
+        assert name in names
+
+
+def test_classify(client, photo_root):
+    scores, notes = client.predict(handle_file(str(photo_root / "photos" / "photo 0.jpg")), "cat, dog, Hund",
+                                   "{}", api_name="/classify")
+    confidences = {c["label"]: c["confidence"] for c in scores["confidences"]}
+    assert set(confidences) == {"cat", "dog", "Hund"}
+    assert all(0 < p < 1 for p in confidences.values())
+    assert "Untrained test model" in notes
+
+
+def test_classify_bad_input_is_a_clear_message(client, photo_root, tmp_path):
+    with pytest.raises(Exception, match="No labels"):
+        client.predict(handle_file(str(photo_root / "photos" / "photo 0.jpg")), " , ", "{}", api_name="/classify")
+    text_file = tmp_path / "notes.png"
+    text_file.write_text("hello")
+    with pytest.raises(Exception, match="not an image"):
+        client.predict(handle_file(str(text_file)), "cat", "{}", api_name="/classify")
+    with pytest.raises(Exception, match="exactly once"):
+        client.predict(handle_file(str(photo_root / "photos" / "photo 0.jpg")), "cat", "a photo", api_name="/classify")
+
+
+def test_label_batch_and_exports(client, photo_root):
+    table, notes, exports = client.predict(None, str(photo_root / "photos"), "cat\ndog\ncar", "{}", 0.0, "multi",
+                                              api_name="/label_batch")
+    rows = table["data"]
+    assert len(rows) == 8 and all(row[1] for row in rows)  # threshold 0: every label assigned
+    assert "broken.jpg" in notes and "Untrained" in notes
+    by_name = {Path(p).name: p for p in exports}
+    with open(by_name["labels.csv"], encoding="utf-8") as handle:
+        lines = list(csv.reader(handle))
+    assert lines[0] == ["image", "labels", "p(cat)", "p(dog)", "p(car)"] and len(lines) == 9
+    records = [json.loads(line) for line in open(by_name["labels.jsonl"], encoding="utf-8")]
+    assert len(records) == 8 and records[0]["untrained_model"] is True
+    with zipfile.ZipFile(by_name["imagefolder.zip"]) as archive:
+        folders = {name.split("/")[0] for name in archive.namelist()}
+    assert folders == {"cat", "dog", "car"}
+
+
+def test_folder_outside_allowed_roots_refused(client, tmp_path):
+    with pytest.raises(Exception, match="outside the folders"):
+        client.predict(None, str(tmp_path), "cat", "{}", 0.5, "multi", api_name="/label_batch")
+    with pytest.raises(Exception, match="outside the folders"):
+        client.predict("etc", None, "/etc", api_name="/build_index")
+
+
+def test_build_search_and_explore(client, photo_root):
+    summary, choice = client.predict("trip", None, str(photo_root / "photos"), api_name="/build_index")
+    assert "8 encoded" in summary and "broken.jpg" in summary and choice["value"] == "trip"
+    gallery, notes = client.predict("trip", "ein Hund am Strand", 5, -1, "", api_name="/search_text")
+    assert len(gallery) == 5 and "cos" in gallery[0]["caption"] and "Untrained" in notes
+    gallery, notes = client.predict("trip", handle_file(str(photo_root / "photos" / "photo 3.jpg")), 1.0, "", 3, -1,
+                                    "", api_name="/search_image")
+    assert gallery[0]["caption"].startswith("photo 3.jpg")
+    combined, _ = client.predict("trip", handle_file(str(photo_root / "photos" / "photo 3.jpg")), 1.0,
+                                 "0.5:sunset - night", 3, -1, "", api_name="/search_image")
+    assert len(combined) == 3
+    figure, notes, nearest = client.predict("trip", "cluster", 3, "", "a dog", 20000, api_name="/explore")
+    assert "UMAP" in notes or "PCA" in notes
+    assert figure["plot"] and len(nearest) > 0
+    with pytest.raises(Exception, match="No index named"):
+        client.predict("missing", "cat", 5, -1, "", api_name="/search_text")
+    table, overlap = client.predict("trip", "a dog\nun chien", 4, api_name="/compare_languages")
+    assert overlap["headers"] == ["query", "a dog", "un chien"]
+
+
+def test_uploads_build_an_index(client, tmp_path):
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"up{i}.png"
+        random_image(64, 64, seed=i).save(path)
+        paths.append(handle_file(str(path)))
+    summary, choice = client.predict("uploaded", paths, "", api_name="/build_index")
+    assert "3 encoded" in summary and choice["value"] == "uploaded"
+    with pytest.raises(Exception, match="not allowed"):
+        client.predict("../escape", paths, "", api_name="/build_index")
+
+
+def test_app_starts_without_a_model(tmp_path):
+    host = AppProcess("--model", "google/siglip2-base-patch16-naflex", "--index-dir", str(tmp_path),
+                      env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    try:
+        client = Client(host.url, verbose=False)
+        example = handle_file(str(Path(__file__).parents[1] / "assets/examples/red_circle.png"))
+        with pytest.raises(Exception, match="No model is loaded"):
+            client.predict(example, "cat", "{}", api_name="/classify")
+        with pytest.raises(Exception, match="No model is loaded"):
+            client.predict("any", "cat", 5, -1, "", api_name="/search_text")
+        summary, _ = client.predict(api_name="/load_test_model")
+        assert "Untrained test model" in summary
+        scores, _ = client.predict(example, "a red circle, a blue square", "this is a photo of {}.",
+                                   api_name="/classify")
+        assert len(scores["confidences"]) == 2
+    finally:
+        host.stop()
+    assert "starting without a model" in host.output()
