@@ -36,7 +36,8 @@ def build(studio: Studio) -> None:
     with gr.Tab("One image"):
         with gr.Row():
             with gr.Column():
-                image = ImageInput(type="filepath", label="Image", sources=["upload", "clipboard"], height=320)
+                image = ImageInput(type="filepath", label="Image", sources=["upload", "clipboard"], height=320,
+                                   elem_id="label-image")
                 labels = gr.Textbox(DEFAULT_LABELS, label="Labels (comma or newline separated, any language)", lines=3)
                 template = gr.Textbox("this is a photo of {}.", label=TEMPLATE_HELP, lines=2)
                 bias = gr.Slider(-20, 5, value=-10, step=0.1, label="Logit bias (model's own by default; "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import sys
 import tempfile
 import time
@@ -99,13 +100,14 @@ def bench_vectors(count: int) -> None:
     truth, tune_truth = exact_top_k(data, eval_queries), exact_top_k(data, tune_queries)
 
     plan = vi.plan_index(count, DIM)
-    base = rss()
     start = time.perf_counter()
     training = None
     if plan.needs_training:
         lists = int(plan.factory.split(",")[0].split("_")[0][3:])
         wanted = min(count, max(lists * 40, 10_000))
-        training = np.concatenate([v for _, v in data.chunks()][: -(-wanted // CHUNK)])[:wanted]
+        chunks = itertools.islice(data.chunks(), -(-wanted // CHUNK))
+        training = np.concatenate([v for _, v in chunks])[:wanted]
+    base = rss()  # after the training sample exists: the growth below is the index and FAISS's buffers
     index = vi.create_index(plan, DIM, training)
     del training
     for ids, vectors in data.chunks():

@@ -278,7 +278,10 @@ class ImageIndex:
     def _search_parameters(self, selector) -> faiss.SearchParameters:
         tuned = self.meta.get("search_params") or {}
         if "nprobe" in tuned:
-            return faiss.SearchParametersIVF(sel=selector, nprobe=int(tuned["nprobe"]))
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=int(tuned["nprobe"]))
+            if "quantizer_efSearch" in tuned:
+                params.quantizer_params = faiss.SearchParametersHNSW(efSearch=int(tuned["quantizer_efSearch"]))
+            return params
         if "efSearch" in tuned:
             return faiss.SearchParametersHNSW(sel=selector, efSearch=int(tuned["efSearch"]))
         return faiss.SearchParameters(sel=selector)

@@ -79,9 +79,14 @@ def set_search_params(index: faiss.Index, params: dict) -> None:
 def _parameter_ladder(index: faiss.Index) -> list[dict]:
     try:
         ivf = faiss.extract_index_ivf(index)
-        return [{"nprobe": n} for n in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256) if n <= ivf.nlist]
     except RuntimeError:
-        pass
+        ivf = None
+    if ivf is not None:
+        probes = [n for n in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256) if n <= ivf.nlist]
+        if isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
+            # an HNSW coarse quantizer must look at least as wide as the number of lists probed
+            return [{"nprobe": n, "quantizer_efSearch": max(64, 2 * n)} for n in probes]
+        return [{"nprobe": n} for n in probes]
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
     if isinstance(inner, faiss.IndexHNSW):
         return [{"efSearch": e} for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 512)]

@@ -1,0 +1,71 @@
+"""A real browser (Debian's chromium, headless, driven by Playwright) uses the app as a person would:
+labels an example image, builds an index, runs a search; screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from apphost import AppProcess
+from conftest import random_image
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield launched
+        launched.close()
+
+
+def test_label_and_search_in_a_browser(browser, tmp_path):
+    root = tmp_path / "allowed"
+    (root / "photos").mkdir(parents=True)
+    for i in range(6):
+        random_image(120, 160, seed=500 + i).save(root / "photos" / f"holiday {i}.jpg")
+    app = AppProcess("--test-model", "--index-dir", str(tmp_path / "indexes"), "--allowed-root", str(root))
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(app.url, wait_until="domcontentloaded", timeout=60_000)
+        page.get_by_text("untrained test model", exact=False).first.wait_for(timeout=30_000)
+
+        # Label: take an example image, label it, see the probability bars
+        page.locator("tbody tr").first.click()  # the first example row fills image, labels, template
+        page.locator("#label-image img").first.wait_for(timeout=30_000)
+        page.get_by_role("button", name="Label", exact=True).click()
+        scores = page.locator("#label-scores")
+        scores.get_by_text("a red circle").first.wait_for(timeout=60_000)
+        page.locator("#label-notes").get_by_text("Untrained test model").wait_for(timeout=30_000)
+        page.screenshot(path=str(SHOTS / "label.png"), full_page=True)
+
+        # Search: build an index from a server folder, then search it by text
+        page.get_by_role("tab", name="Search").click()
+        page.get_by_label("Index name").fill("holiday")
+        page.get_by_label("…or a folder on the server (inside the allowed roots)").last.fill(str(root / "photos"))
+        page.get_by_role("button", name="Build / update index").click()
+        page.locator("#build-notes").get_by_text("6 encoded", exact=False).wait_for(timeout=120_000)
+        page.locator("#search-index input").fill("holiday")
+        page.locator("#search-query textarea, #search-query input").first.fill("ein Hund am Strand")
+        page.get_by_role("button", name="Search by text").click()
+        page.locator("#search-gallery img").first.wait_for(timeout=60_000)
+        assert page.locator("#search-gallery img").count() >= 1
+        page.locator("#search-notes").get_by_text("result(s)", exact=False).wait_for(timeout=30_000)
+        page.screenshot(path=str(SHOTS / "search.png"), full_page=True)
+    finally:
+        page.close()
+        app.stop()
+    assert (SHOTS / "label.png").stat().st_size > 10_000 and (SHOTS / "search.png").stat().st_size > 10_000
