@@ -19,9 +19,14 @@ from .studio import Studio
 # gr.Plot has no click event: forward plotly's own click to a hidden textbox that the server watches.
 CLICK_BRIDGE = """
 () => {
-  setTimeout(() => {
+  let tries = 0;
+  const attach = () => {
     const plot = document.querySelector('#explore-map .js-plotly-plot');
-    if (!plot || plot.dataset.bridged) return;
+    if (!plot || typeof plot.on !== 'function') {
+      if (tries++ < 80) setTimeout(attach, 250);
+      return;
+    }
+    if (plot.dataset.bridged) return;
     plot.dataset.bridged = '1';
     plot.on('plotly_click', (event) => {
       const box = document.querySelector('#explore-clicked textarea, #explore-clicked input');
@@ -29,7 +34,8 @@ CLICK_BRIDGE = """
       box.value = String(event.points[0].customdata[0]);
       box.dispatchEvent(new Event('input', {bubbles: true}));
     });
-  }, 500);
+  };
+  attach();
 }
 """
 
@@ -66,7 +72,7 @@ def build(studio: Studio) -> None:
             draw = gr.Button("Draw map", variant="primary")
             notes = gr.Markdown(elem_id="explore-notes")
             clicked = gr.Textbox(visible="hidden", elem_id="explore-clicked")
-            picked = gr.Image(label="Clicked image", height=220, interactive=False)
+            picked = gr.Image(label="Clicked image", height=220, interactive=False, elem_id="explore-picked")
         with gr.Column(scale=3):
             plot = gr.Plot(elem_id="explore-map", label="Embedding map")
             nearest = gr.Gallery(label="Nearest to the query", columns=6, height=220)
@@ -111,6 +117,6 @@ def build(studio: Studio) -> None:
     event = draw.click(do_explore, [index_name, colour_by, clusters, labels, query, max_points],
                        [plot, notes, nearest], api_name="explore", concurrency_id=MODEL_QUEUE)
     event.then(None, None, None, js=CLICK_BRIDGE)
-    clicked.input(do_pick, [index_name, clicked], picked, api_name=False)
+    clicked.change(do_pick, [index_name, clicked], picked, api_name=False)
     index_name.focus(lambda: gr.Dropdown(choices=list_indexes(studio.index_dir)), None, index_name,
                      api_name=False, queue=False)

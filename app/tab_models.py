@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine import CHECKPOINTS, DEFAULT_MODEL
+from engine import CHECKPOINTS, DEFAULT_MODEL, StudioError
 
-from .common import user_errors
+from .common import MODEL_QUEUE, user_errors
 from .studio import Studio
 
 
@@ -43,6 +43,16 @@ def banner(studio: Studio) -> gr.Markdown:
     return gr.Markdown("", visible=False)
 
 
+def _patches(value) -> int:
+    try:
+        patches = int(value)
+    except (TypeError, ValueError):
+        raise StudioError(f"Sequence length {value!r} is not a whole number.") from None
+    if not 16 <= patches <= 4096:
+        raise StudioError("Sequence length must be between 16 and 4096 patches (trained: 128 to 1024).")
+    return patches
+
+
 def paper_table() -> list[list]:
     return [[c.hub_id, c.label, c.imagenet_zero_shot, c.coco_text_to_image, c.coco_image_to_text] for c in CHECKPOINTS]
 
@@ -56,6 +66,8 @@ def build(studio: Studio, banner_box: gr.Markdown) -> None:
             with gr.Row():
                 device = gr.Dropdown(["auto", "cpu", "cuda", "mps"], value="auto", label="Device")
                 dtype = gr.Dropdown(["auto", "fp32", "bf16", "fp16"], value="auto", label="Dtype")
+            max_patches = gr.Dropdown([128, 256, 576, 784, 1024], value=256, allow_custom_value=True,
+                                      label="NaFlex sequence length (max patches; trained: 128–1024)")
             with gr.Row():
                 load = gr.Button("Load", variant="primary")
                 load_test = gr.Button("Load a small generated test model (untrained, works offline)")
@@ -65,16 +77,24 @@ def build(studio: Studio, banner_box: gr.Markdown) -> None:
                  label="The 17 released checkpoints (numbers from the SigLIP 2 paper)", interactive=False)
 
     @user_errors
-    def do_load(hub_id: str, folder: str, device_name: str, dtype_name: str):
+    def do_load(hub_id: str, folder: str, device_name: str, dtype_name: str, patches=256):
         studio.load((folder or "").strip() or hub_id, device=device_name, dtype=dtype_name)
+        studio.model.set_max_patches(_patches(patches))
         return model_summary(studio), banner(studio)
+
+    @user_errors
+    def do_set_patches(patches):
+        studio.require_model().set_max_patches(_patches(patches))
+        return model_summary(studio)
 
     @user_errors
     def do_load_test():
         studio.load_test_model()
         return model_summary(studio), banner(studio)
 
-    load.click(do_load, [choice, local, device, dtype], [summary, banner_box], api_name="load_model",
+    load.click(do_load, [choice, local, device, dtype, max_patches], [summary, banner_box], api_name="load_model",
                concurrency_id="loader", concurrency_limit=1)
+    max_patches.change(do_set_patches, max_patches, summary, api_name="set_max_patches",
+                       concurrency_id=MODEL_QUEUE)
     load_test.click(do_load_test, None, [summary, banner_box], api_name="load_test_model",
                     concurrency_id="loader", concurrency_limit=1)

@@ -93,17 +93,17 @@ def latency(index, queries, k=10):
     return np.percentile(times, 50) * 1e3, np.percentile(times, 99) * 1e3, qps
 
 
-def bench_vectors(count: int) -> None:
+def bench_vectors(count: int, factory: str | None = None) -> None:
     data = ClusteredVectors(count)
     eval_queries, tune_queries = data.queries(1000, 1), data.queries(300, 2)
     print(f"vectors: {count:,} × {DIM}, clustered; computing exact top-10 for 1,300 queries ...", flush=True)
     truth, tune_truth = exact_top_k(data, eval_queries), exact_top_k(data, tune_queries)
 
-    plan = vi.plan_index(count, DIM)
+    plan = vi.plan_index(count, DIM, factory=factory)
     start = time.perf_counter()
     training = None
     if plan.needs_training:
-        lists = int(plan.factory.split(",")[0].split("_")[0][3:])
+        lists = int(plan.factory.split(",")[0].split("_")[0][3:].split("(")[0])
         wanted = min(count, max(lists * 40, 10_000))
         chunks = itertools.islice(data.chunks(), -(-wanted // CHUNK))
         training = np.concatenate([v for _, v in chunks])[:wanted]
@@ -164,11 +164,12 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=64)
     parser.add_argument("--size", default="base")
     parser.add_argument("--skip-vectors", action="store_true")
+    parser.add_argument("--index-type", default=None, help="a FAISS factory string instead of the automatic choice")
     parser.add_argument("--skip-build-throughput", action="store_true")
     args = parser.parse_args()
     print(f"machine: {machine()}, faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads")
     if not args.skip_vectors:
-        bench_vectors(args.count)
+        bench_vectors(args.count, args.index_type)
     if not args.skip_build_throughput:
         bench_build_throughput(args.files, args.size)
 

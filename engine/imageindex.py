@@ -189,8 +189,8 @@ class ImageIndex:
         if removed:
             if vi.supports_removal(index):
                 index.remove_ids(np.asarray(removed, dtype=np.int64))
-            else:  # HNSW cannot remove: rebuild from the catalogue
-                self.index = self._rebuild_from_catalog(self.meta["factory"])
+            else:  # HNSW and refined indexes cannot remove: re-add everything, keeping the training
+                self.index = self._rebuild_from_catalog(self.meta["factory"], trained=index)
                 return
         if added:
             live = self.catalog.images(added)
@@ -199,13 +199,17 @@ class ImageIndex:
                 index.add_with_ids(self.catalog.embeddings_for(added, self.dim), np.asarray(added, dtype=np.int64))
         self.faiss_version = self.catalog.version
 
-    def _rebuild_from_catalog(self, factory: str) -> faiss.Index:
+    def _rebuild_from_catalog(self, factory: str, trained: faiss.Index | None = None) -> faiss.Index:
+        """Every catalogued vector in a new index (or in an emptied copy of `trained`)."""
         count = self.catalog.count_images()
         plan = vi.IndexPlan(factory, count)
-        training = None
-        if plan.needs_training:
-            training = np.concatenate([v for _, v in self.catalog.iter_embeddings(self.dim)]) if count else None
-        index = vi.create_index(plan, self.dim, training)
+        if trained is not None:
+            index = vi.emptied(trained)
+        else:
+            training = None
+            if plan.needs_training:
+                training = np.concatenate([v for _, v in self.catalog.iter_embeddings(self.dim)]) if count else None
+            index = vi.create_index(plan, self.dim, training)
         for ids, vectors in self.catalog.iter_embeddings(self.dim):
             index.add_with_ids(vectors, ids)
         vi.set_search_params(index, self.meta.get("search_params") or {})

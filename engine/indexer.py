@@ -127,6 +127,8 @@ def build_index(
         summary.scanned = len(states) + len(problems)
         known = {path: record for path, record in catalog.all_files().items()
                  if path.startswith(str(root) + os.sep)}
+        if not states and not problems and not known:
+            raise IndexStoreError(f"{folder}: no image files found ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
         seen = {s.path for s in states} | {p for p, _ in problems}
         gone = [path for path in known if path not in seen]
         todo = []

@@ -69,17 +69,13 @@ def project_index(index: ImageIndex, max_points: int = DEFAULT_MAX_POINTS, seed:
         keep = np.sort(np.random.default_rng(seed).choice(total, size=max_points, replace=False))
         ids, vectors = ids[keep], vectors[keep]
     coords, method = _layout(vectors, seed)
-    if index.lock is not None or _writable(index.path):
+    try:  # the cache is a convenience: a read-only index folder just recomputes next time
         for old in Path(index.path).glob("projection-*.npz"):
             old.unlink(missing_ok=True)
         np.savez(cache, image_ids=ids, coords=coords, method=np.array(method))
+    except OSError as error:
+        log.info("projection not cached: %s", error)
     return Projection(ids, coords, vectors, total, method)
-
-
-def _writable(path) -> bool:
-    import os
-
-    return os.access(path, os.W_OK)
 
 
 def cluster_colours(vectors: np.ndarray, clusters: int = 8, seed: int = 0) -> np.ndarray:

@@ -60,14 +60,21 @@ def create_index(plan: IndexPlan, dim: int, training_vectors: np.ndarray | None 
         lists = faiss.extract_index_ivf(index).nlist
         sample = training_vectors[: max(lists * 40, 10_000)]
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
-    if plan.factory.startswith(("Flat", "HNSW")):
+    if plan.factory.startswith(("Flat", "HNSW")) or "Refine" in plan.factory:
         index = faiss.IndexIDMap2(index)
     return index
 
 
 def supports_removal(index: faiss.Index) -> bool:
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-    return not isinstance(inner, faiss.IndexHNSW)
+    return not isinstance(inner, (faiss.IndexHNSW, faiss.IndexRefine))
+
+
+def emptied(index: faiss.Index) -> faiss.Index:
+    """A copy with no vectors that keeps the training (IVF centroids, quantiser ranges)."""
+    fresh = faiss.clone_index(index)
+    fresh.reset()
+    return fresh
 
 
 def set_search_params(index: faiss.Index, params: dict) -> None:
@@ -81,6 +88,12 @@ def _parameter_ladder(index: faiss.Index) -> list[dict]:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
         ivf = None
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    if isinstance(inner, faiss.IndexRefine) and ivf is not None:
+        probes = [n for n in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256) if n <= ivf.nlist]
+        hnsw = isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
+        return [{"nprobe": n, **({"quantizer_efSearch": max(64, 2 * n)} if hnsw else {}), "k_factor_rf": kf}
+                for n in probes for kf in (2, 4, 8)]
     if ivf is not None:
         probes = [n for n in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256) if n <= ivf.nlist]
         if isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):

@@ -142,3 +142,37 @@ def test_app_starts_without_a_model(tmp_path):
     finally:
         host.stop()
     assert "starting without a model" in host.output()
+
+
+def test_never_serves_files_outside_its_folders(app):
+    import urllib.error
+    import urllib.request
+
+    for path in ("/etc/passwd", str(Path(__file__).resolve())):
+        for route in ("gradio_api/file=", "file="):
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(app.url + route + path, timeout=10)
+            assert caught.value.code in (403, 404)
+
+
+def test_model_switch_during_a_job_is_refused(tmp_path, naflex_dir):
+    from app.studio import Studio
+    from engine import StudioError
+
+    studio = Studio(index_dir=tmp_path, allowed_roots=[tmp_path])
+    with pytest.raises(StudioError, match="No model is loaded"):
+        with studio.job("labelling"):
+            pass
+    studio.load(str(naflex_dir))
+    with studio.job("labelling images"):
+        with pytest.raises(StudioError, match="Model switch refused.*labelling images"):
+            studio.load(str(naflex_dir))
+    studio.load(str(naflex_dir))  # allowed again once the job is over
+
+
+def test_sequence_length_setting(client):
+    summary = client.predict(576, api_name="/set_max_patches")
+    assert "NaFlex, 576 patches" in summary
+    with pytest.raises(Exception, match="between 16 and 4096"):
+        client.predict(5, api_name="/set_max_patches")
+    client.predict(256, api_name="/set_max_patches")

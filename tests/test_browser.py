@@ -1,5 +1,5 @@
 """A real browser (Debian's chromium, headless, driven by Playwright) uses the app as a person would:
-labels an example image, builds an index, runs a search; screenshots go to test-artifacts/."""
+labels an example image, builds an index, runs a search, clicks a point on the map; screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
@@ -65,7 +65,26 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         assert page.locator("#search-gallery img").count() >= 1
         page.locator("#search-notes").get_by_text("result(s)", exact=False).wait_for(timeout=30_000)
         page.screenshot(path=str(SHOTS / "search.png"), full_page=True)
+
+        # Explore: draw the map, place a query, click a point and see its image
+        page.get_by_role("tab", name="Explore").click()
+        page.get_by_label("Index", exact=True).fill("holiday")
+        page.get_by_label("Text query to place on the map").fill("a red car")
+        page.get_by_role("button", name="Draw map").click()
+        plot = page.locator("#explore-map .js-plotly-plot")
+        plot.wait_for(timeout=180_000)
+        page.locator("#explore-notes").get_by_text("map of all 6 images", exact=False).wait_for(timeout=60_000)
+        page.wait_for_function("() => document.querySelector('#explore-map .js-plotly-plot').dataset.bridged",
+                               timeout=30_000)
+        x, y = page.evaluate("""() => { const gd = document.querySelector('#explore-map .js-plotly-plot');
+            const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, t = gd._fullData[0];
+            return [xa.l2p(t.x[0]) + xa._offset, ya.l2p(t.y[0]) + ya._offset]; }""")
+        corner = plot.bounding_box()
+        page.mouse.click(corner["x"] + x, corner["y"] + y)
+        page.locator("#explore-picked img").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(SHOTS / "explore.png"), full_page=True)
     finally:
         page.close()
         app.stop()
-    assert (SHOTS / "label.png").stat().st_size > 10_000 and (SHOTS / "search.png").stat().st_size > 10_000
+    for name in ("label", "search", "explore"):
+        assert (SHOTS / f"{name}.png").stat().st_size > 10_000

@@ -215,3 +215,30 @@ def test_tuning_reaches_recall_target():
     assert recall >= 0.95 and params["nprobe"] < 64
     vi.set_search_params(index, params)
     assert vi.recall_at_k(index.search(queries, 10)[1], truth) == pytest.approx(recall)
+
+
+def test_empty_or_missing_folder_is_a_clear_error(naflex_model, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(IndexStoreError, match="no image files found"):
+        build_index(naflex_model, tmp_path / "empty", "nothing", tmp_path / "idx")
+    with pytest.raises(IndexStoreError, match="not a folder"):
+        build_index(naflex_model, tmp_path / "absent", "nothing", tmp_path / "idx")
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF4,SQ4,Refine(SQ8)"])
+def test_deletions_in_indexes_that_cannot_remove(naflex_model, tmp_path, factory):
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    paths = make_folder(folder, count=10)
+    build_index(naflex_model, folder, "norm", index_dir, factory=factory)
+    with ImageIndex.open("norm", index_dir) as index:
+        assert not vi.supports_removal(index.index)
+    paths[0].unlink()
+    paths[5].unlink()
+    summary = build_index(naflex_model, folder, "norm", index_dir)
+    assert summary.removed == 2 and summary.images == 8
+    info = assert_consistent("norm", index_dir)
+    with ImageIndex.open("norm", index_dir) as index:
+        assert index.meta["factory"] == factory and info.images == 8
+        hits = search(index, naflex_model, str(paths[3]), k=3).hits
+        assert hits[0].path == str(paths[3])

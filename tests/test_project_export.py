@@ -1,0 +1,69 @@
+"""Label assignment and exports; the embedding map and its cache."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from conftest import random_image
+from engine.errors import LabelError
+from engine.export import UNLABELLED, assign_labels, export_csv, export_imagefolder, export_jsonl
+from engine.imageindex import ImageIndex
+from engine.indexer import build_index
+from engine.project import cluster_colours, project_index
+from engine.zeroshot import ZeroShotResult
+
+
+def fake_scores():
+    probabilities = np.array([[0.9, 0.6, 0.1], [0.2, 0.3, 0.05]], dtype=np.float32)
+    logits = np.log(probabilities / (1 - probabilities))
+    return ZeroShotResult(["cat", "dog", "a/b"], ["x.jpg", "y.jpg"], logits, probabilities)
+
+
+def test_assign_labels_multi_and_single():
+    result = fake_scores()
+    multi = assign_labels(result, 0.5, "multi")
+    assert [a.labels for a in multi] == [["cat", "dog"], []]
+    single = assign_labels(result, 0.25, "single")
+    assert [a.labels for a in single] == [["cat"], ["dog"]]
+    with pytest.raises(LabelError):
+        assign_labels(result, 0.5, "several")
+
+
+def test_exports(tmp_path):
+    images = []
+    for name in ("x.jpg", "y.jpg"):
+        random_image(20, 20).save(tmp_path / name)
+        images.append(str(tmp_path / name))
+    result = fake_scores()
+    result.sources = images
+    assignments = assign_labels(result, 0.5)
+    rows = list(csv.reader(open(export_csv(result, assignments, tmp_path / "l.csv"), encoding="utf-8")))
+    assert rows[0] == ["image", "labels", "p(cat)", "p(dog)", "p(a/b)"] and rows[1][1] == "cat;dog"
+    lines = [json.loads(l) for l in open(export_jsonl(result, assignments, tmp_path / "l.jsonl"), encoding="utf-8")]
+    assert lines[0]["labels"] == ["cat", "dog"] and lines[0]["scores"][2]["label"] == "a/b"
+    out = export_imagefolder(assignments, tmp_path / "folder")
+    assert sorted(p.name for p in out.iterdir()) == ["_unlabelled", "cat", "dog"]
+    assert (out / UNLABELLED / "y.jpg").exists() and (out / "cat" / "x.jpg").exists()
+
+
+def test_projection_is_cached_and_subsampled(naflex_model, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(30):
+        random_image(40 + i, 50, seed=700 + i).save(folder / f"{i}.png")
+    build_index(naflex_model, folder, "map", tmp_path / "idx")
+    with ImageIndex.open("map", tmp_path / "idx") as index:
+        full = project_index(index, max_points=1000)
+        assert full.coords.shape == (30, 2) and full.method == "umap" and not full.subsampled
+        assert len(list(index.path.glob("projection-*.npz"))) == 1
+        cached = project_index(index, max_points=1000)
+        np.testing.assert_array_equal(cached.coords, full.coords)
+        part = project_index(index, max_points=12)
+        assert part.subsampled and len(part.image_ids) == 12 and "12 of 30" in part.describe()
+        placed = full.place(full.vectors[3])  # a stored image's own embedding lands near its own point
+        distances = np.linalg.norm(full.coords - full.coords[3], axis=1)
+        assert np.linalg.norm(placed - full.coords[3]) < np.median(distances)
+    colours = cluster_colours(full.vectors, 4)
+    assert colours.shape == (30,) and len(set(colours.tolist())) <= 4
