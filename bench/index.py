@@ -103,7 +103,7 @@ def bench_vectors(count: int, factory: str | None = None) -> None:
     start = time.perf_counter()
     training = None
     if plan.needs_training:
-        lists = int(plan.factory.split(",")[0].split("_")[0][3:].split("(")[0])
+        lists = int(next(t for t in plan.factory.split(",") if t.startswith("IVF")).split("_")[0][3:])
         wanted = min(count, max(lists * 40, 10_000))
         chunks = itertools.islice(data.chunks(), -(-wanted // CHUNK))
         training = np.concatenate([v for _, v in chunks])[:wanted]

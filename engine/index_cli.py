@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StudioError
 
 
 def _open_model_for(args, index_name: str):
@@ -112,13 +111,13 @@ def cmd_remove(args) -> int:
     return 0
 
 
-def _common(parser, model_default=None) -> None:
+def _common(parser, with_model: bool = True) -> None:
     from .cli import add_model_options
 
     parser.add_argument("--index-dir", default=None, help="default: indexes/ or $STUDIO_INDEX_DIR")
-    if model_default is not False:
+    if with_model:
         add_model_options(parser)
-        parser.set_defaults(model=None)
+        parser.set_defaults(model=None)  # None: the model that built the index
 
 
 def add_index_commands(commands) -> None:
@@ -136,19 +135,19 @@ def add_index_commands(commands) -> None:
     info = verbs.add_parser("info", help="what an index holds")
     info.add_argument("name")
     info.add_argument("--json", action="store_true")
-    _common(info, model_default=False)
+    _common(info, with_model=False)
     info.set_defaults(func=cmd_info)
 
     export = verbs.add_parser("export", help="embeddings (.npy or parquet) and metadata (CSV)")
     export.add_argument("name")
     export.add_argument("--format", choices=["npy", "parquet"], default="npy")
     export.add_argument("--out", default=None, help="folder (default: NAME-export)")
-    _common(export, model_default=False)
+    _common(export, with_model=False)
     export.set_defaults(func=cmd_export)
 
     remove = verbs.add_parser("remove", help="delete an index")
     remove.add_argument("name")
-    _common(remove, model_default=False)
+    _common(remove, with_model=False)
     remove.set_defaults(func=cmd_remove)
 
     search = commands.add_parser("search", help='search an index: "text", ./image.jpg, or "2:a + b.jpg - c"')

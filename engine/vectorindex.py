@@ -25,13 +25,10 @@ class IndexPlan:
     factory: str  # FAISS index_factory string, e.g. "Flat", "HNSW32", "IVF4096_HNSW32,SQ8"
     trained_for: int  # collection size the plan was made for (IVF: training size)
 
-    @property
-    def kind(self) -> str:
-        return self.factory.split(",")[0].split("_")[0].rstrip("0123456789")
 
     @property
     def needs_training(self) -> bool:
-        return self.factory.startswith("IVF")
+        return "IVF" in self.factory or self.factory.startswith(("PCA", "OPQ"))
 
 
 def plan_index(count: int, dim: int, memory_budget: float = DEFAULT_MEMORY_BUDGET, factory: str | None = None) -> IndexPlan:

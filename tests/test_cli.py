@@ -51,3 +51,37 @@ def test_cli_errors_are_one_line(tmp_path, naflex_dir, image_files):
     assert result.returncode == 2 and "No labels" in result.stderr and "Traceback" not in result.stderr
     result = run_cli("classify", "--model", tmp_path / "none", image_files[0], "--labels", "a", check=False)
     assert result.returncode == 2 and "no such model folder" in result.stderr
+
+
+def test_index_commands(tmp_path, naflex_dir, image_files):
+    import csv
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "my photos"
+    folder.mkdir()
+    for path in image_files:
+        shutil.copy(path, folder / path.name)
+    (folder / "bad.jpg").write_bytes(b"nope")
+    index_dir = tmp_path / "idx"
+    built = run_cli("index", "build", folder, "--name", "mine", "--model", naflex_dir, "--index-dir", index_dir)
+    assert "6 encoded" in built.stdout and "bad.jpg" in built.stdout
+    hits = json.loads(run_cli("search", "mine", "a photo of a cat", "-k", "3", "--json", "--index-dir",
+                              index_dir).stdout)["hits"]
+    assert len(hits) == 3 and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    assert set(hits[0]) >= {"path", "score", "probability"}
+    info = json.loads(run_cli("index", "info", "mine", "--json", "--index-dir", index_dir).stdout)
+    assert info["images"] == 6 and info["index_type"] == "Flat" and info["skipped_files"][0][0].endswith("bad.jpg")
+    run_cli("index", "export", "mine", "--out", tmp_path / "out", "--index-dir", index_dir)
+    vectors = np.load(tmp_path / "out" / "embeddings.npy")
+    rows = list(csv.DictReader(open(tmp_path / "out" / "metadata.csv", encoding="utf-8")))
+    assert vectors.shape == (6, 64) and len(rows) == 6 and {r["path"] for r in rows} == {
+        str(folder / p.name) for p in image_files}
+    run_cli("index", "export", "mine", "--format", "parquet", "--out", tmp_path / "pq", "--index-dir", index_dir)
+    assert pq.read_table(tmp_path / "pq" / "embeddings.parquet").num_rows == 6
+    escape = run_cli("index", "info", "../x", "--index-dir", index_dir, check=False)
+    assert escape.returncode == 2 and "not allowed" in escape.stderr
+    run_cli("index", "remove", "mine", "--index-dir", index_dir)
+    gone = run_cli("search", "mine", "cat", "--index-dir", index_dir, "--model", naflex_dir, check=False)
+    assert gone.returncode == 2 and "No index named" in gone.stderr

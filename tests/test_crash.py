@@ -1,7 +1,6 @@
 """Killing a build (SIGKILL) at any point leaves a consistent index that a rerun completes without
 re-encoding what was stored."""
 
-import json
 import os
 import signal
 import sqlite3

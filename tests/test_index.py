@@ -11,7 +11,7 @@ from conftest import random_image
 from engine.errors import IndexStoreError, QueryError
 from engine.imageindex import ImageIndex, index_path, list_indexes, remove_index
 from engine.indexer import build_index
-from engine.search import parse_query, search
+from engine.search import embed_query, parse_query, search
 from engine import vectorindex as vi
 
 
@@ -76,7 +76,7 @@ def test_search_equals_brute_force(naflex_model, tmp_path):
     with ImageIndex.open("exact", index_dir) as index:
         ids, vectors = map(np.concatenate, zip(*index.catalog.iter_embeddings(index.dim)))
         result = search(index, naflex_model, "a dog on the beach", k=5)
-        query = __import__("engine.search", fromlist=["embed_query"]).embed_query(naflex_model, "a dog on the beach")
+        query = embed_query(naflex_model, "a dog on the beach")
         truth = vi.exact_top_k(query.vector[None], vectors, ids, 5)[0]
         assert [h.image_id for h in result.hits] == truth.tolist()
         scores = vectors @ query.vector

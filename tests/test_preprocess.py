@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 from transformers import AutoImageProcessor
