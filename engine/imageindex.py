@@ -47,9 +47,12 @@ def index_path(name: str, index_dir: str | Path | None = None) -> Path:
 
 
 def model_fingerprint(model: LoadedModel) -> list[float]:
+    """The embedding of a fixed text: tells two checkpoints apart whatever their path. Cached per model."""
     from .encode import encode_texts
 
-    return [round(float(x), 6) for x in encode_texts(model, [FINGERPRINT_TEXT]).vectors[0]]
+    if model.fingerprint is None:
+        model.fingerprint = [round(float(x), 6) for x in encode_texts(model, [FINGERPRINT_TEXT]).vectors[0]]
+    return model.fingerprint
 
 
 @dataclass
@@ -150,7 +153,8 @@ class ImageIndex:
         built_with = self.meta["model"]
         same_shape = model.embed_dim == self.dim and model.arch == self.meta["arch"]
         stored = np.asarray(self.meta["fingerprint"], dtype=np.float32)
-        if not same_shape or float(np.dot(stored, model_fingerprint(model))) < 0.999:
+        # 0.995: the same weights in bf16 and fp32 agree far closer; another checkpoint does not
+        if not same_shape or float(np.dot(stored, model_fingerprint(model))) < 0.995:
             raise IndexStoreError(
                 f"Index {self.path.name!r} was built with {built_with} ({self.meta['arch']}, {self.dim}-d); the "
                 f"loaded model is {model.name} ({model.arch}, {model.embed_dim}-d). Load {built_with} to use it.")

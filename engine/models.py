@@ -122,6 +122,7 @@ class LoadedModel:
     is_test_model: bool  # random weights from engine.testmodel: outputs mean nothing
     checkpoint: Checkpoint | None
     label_cache: dict = field(default_factory=dict, repr=False)
+    fingerprint: list[float] | None = field(default=None, repr=False)  # set by engine.imageindex
 
     @property
     def embed_dim(self) -> int:
