@@ -103,8 +103,8 @@ def bench_vectors(count: int, factory: str | None = None) -> None:
     start = time.perf_counter()
     training = None
     if plan.needs_training:
-        lists = int(next(t for t in plan.factory.split(",") if t.startswith("IVF")).split("_")[0][3:])
-        wanted = min(count, max(lists * 40, 10_000))
+        ivf = [t for t in plan.factory.split(",") if t.startswith("IVF")]
+        wanted = min(count, max(int(ivf[0].split("_")[0][3:]) * 40, 10_000) if ivf else 100_000)
         chunks = itertools.islice(data.chunks(), -(-wanted // CHUNK))
         training = np.concatenate([v for _, v in chunks])[:wanted]
     base = rss()  # after the training sample exists: the growth below is the index and FAISS's buffers

@@ -28,7 +28,7 @@ class IndexPlan:
 
     @property
     def needs_training(self) -> bool:
-        return "IVF" in self.factory or self.factory.startswith(("PCA", "OPQ"))
+        return any(part in self.factory for part in ("IVF", "SQ", "PQ", "PCA", "OPQ", "LSH"))
 
 
 def plan_index(count: int, dim: int, memory_budget: float = DEFAULT_MEMORY_BUDGET, factory: str | None = None) -> IndexPlan:
@@ -51,12 +51,14 @@ def plan_index(count: int, dim: int, memory_budget: float = DEFAULT_MEMORY_BUDGE
 def create_index(plan: IndexPlan, dim: int, training_vectors: np.ndarray | None = None) -> faiss.Index:
     """An empty index with external ids (training IVF indexes on `training_vectors`)."""
     index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
-    if plan.needs_training:
+    if not index.is_trained:
         if training_vectors is None or len(training_vectors) == 0:
-            raise ValueError("an IVF index needs training vectors")
-        lists = faiss.extract_index_ivf(index).nlist
-        sample = training_vectors[: max(lists * 40, 10_000)]
-        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+            raise ValueError(f"a {plan.factory} index needs training vectors")
+        try:
+            wanted = max(faiss.extract_index_ivf(index).nlist * 40, 10_000)
+        except RuntimeError:
+            wanted = 100_000
+        index.train(np.ascontiguousarray(training_vectors[:wanted], dtype=np.float32))
     if plan.factory.startswith(("Flat", "HNSW")) or "Refine" in plan.factory:
         index = faiss.IndexIDMap2(index)
     return index
