@@ -8,12 +8,13 @@ decoded in a thread pool ahead of the model. Each encoded batch is one SQLite tr
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .catalog import FileRecord, NewImage
+from .catalog import Catalog, FileRecord, NewImage
 from .encode import ProgressCallback, embed_pixel_batch, ordered_parallel_map
 from .errors import ImageReadError, IndexStoreError
 from .faults import crash_point
@@ -169,22 +170,31 @@ def build_index(
                 index.save()
                 last_save = time.monotonic()
 
-        lookup = catalog.image_id_for_hash  # SQLite reads from worker threads: check_same_thread=False
-        for item in ordered_parallel_map(lambda s: _read(model, lookup, s), todo, workers):
-            done += 1
-            if item.failure:
-                failures.append((item.state.path, item.failure, item.state.size, item.state.mtime_ns))
-                summary.skipped.append((item.state.path, item.failure))
-            elif item.known_id is not None:
-                links.append(FileRecord(item.state.path, item.known_id, item.state.size, item.state.mtime_ns))
-                summary.linked += 1
-            else:
-                pending.append(item)
-            if len(pending) >= batch_size or len(links) + len(failures) >= 4 * batch_size:
-                commit()
-            if progress:
-                progress(done, total)
-        commit()
+        # worker threads look hashes up through their own read-only connection, one at a time
+        reader, reader_lock = Catalog(index.path / "catalog.sqlite", readonly=True), threading.Lock()
+
+        def lookup(sha256: str) -> int | None:
+            with reader_lock:
+                return reader.image_id_for_hash(sha256)
+
+        try:
+            for item in ordered_parallel_map(lambda s: _read(model, lookup, s), todo, workers):
+                done += 1
+                if item.failure:
+                    failures.append((item.state.path, item.failure, item.state.size, item.state.mtime_ns))
+                    summary.skipped.append((item.state.path, item.failure))
+                elif item.known_id is not None:
+                    links.append(FileRecord(item.state.path, item.known_id, item.state.size, item.state.mtime_ns))
+                    summary.linked += 1
+                else:
+                    pending.append(item)
+                if len(pending) >= batch_size or len(links) + len(failures) >= 4 * batch_size:
+                    commit()
+                if progress:
+                    progress(done, total)
+            commit()
+        finally:
+            reader.close()
         index.replan()
         index.save()
         info = index.info()
