@@ -2,7 +2,8 @@
 
 Every option can also come from the environment (for Hugging Face Spaces): STUDIO_MODEL, STUDIO_DEVICE,
 STUDIO_DTYPE, STUDIO_HOST (or GRADIO_SERVER_NAME), STUDIO_PORT (or GRADIO_SERVER_PORT), STUDIO_INDEX_DIR,
-STUDIO_ALLOWED_ROOTS (folders the UI may read, separated by the OS path separator).
+STUDIO_ALLOWED_ROOTS (folders the UI may read, separated by the OS path separator), STUDIO_CACHE_EXAMPLES
+(1/0; on by default on Spaces, where SPACE_ID is set).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--index-dir", default=env("STUDIO_INDEX_DIR") or str(default_index_dir()))
     parser.add_argument("--allowed-root", action="append", default=None,
                         help="a server folder the UI may index or label (repeatable)")
+    cache_default = env("STUDIO_CACHE_EXAMPLES", "1" if env("SPACE_ID") else "0").lower() in ("1", "true", "yes")
+    parser.add_argument("--cache-examples", action=argparse.BooleanOptionalAction, default=cache_default,
+                        help="label the example images at start-up (default: on for Hugging Face Spaces)")
     return parser.parse_args(argv)
 
 
@@ -41,10 +45,18 @@ def make_studio(args):
     roots = [Path(r).expanduser().resolve() for r in roots] or [ROOT / "assets"]
     Path(args.index_dir).mkdir(parents=True, exist_ok=True)
     studio = Studio(index_dir=Path(args.index_dir), allowed_roots=roots, device=args.device, dtype=args.dtype)
+    log = logging.getLogger("app")
     try:
         studio.load_test_model() if args.test_model else studio.load(args.model)
     except StudioError as error:
-        logging.getLogger("app").warning("starting without a model: %s", error)
+        log.warning("starting without a model: %s", error)
+    if args.cache_examples and studio.model is not None:
+        from app.tab_label import cache_examples
+
+        try:
+            log.info("cached the results of %d examples", cache_examples(studio))
+        except StudioError as error:
+            log.warning("examples not cached: %s", error)
     return studio
 
 

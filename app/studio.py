@@ -30,6 +30,7 @@ class Studio:
     model: LoadedModel | None = None
     load_error: str | None = None
     running_job: str | None = None
+    example_results: dict = field(default_factory=dict)  # (image sha256, labels, template) → result, this model
     _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def load(self, name: str, device: str | None = None, dtype: str | None = None) -> LoadedModel:
@@ -40,7 +41,7 @@ class Studio:
             self.running_job = "loading a model"
         try:
             model = load_model(name, device=device or self.device, dtype=dtype or self.dtype)
-            self.model, self.load_error = model, None
+            self.model, self.load_error, self.example_results = model, None, {}
             return model
         except StudioError as error:
             self.load_error = str(error)

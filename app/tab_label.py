@@ -11,14 +11,15 @@ import gradio as gr
 
 from engine import StudioError
 from engine.export import LabelAssignment, assign_labels, export_csv, export_imagefolder, export_jsonl
-from engine.images import IMAGE_EXTENSIONS
-from engine.zeroshot import classify, prepare_labels
+from engine.images import IMAGE_EXTENSIONS, read_file_bytes
+from engine.zeroshot import DEFAULT_TEMPLATES, classify, prepare_labels
 
 from .common import MODEL_QUEUE, ImageInput, gpu, progress_callback, uploaded_paths, user_errors
 from .studio import ROOT, Studio
 
 EXAMPLES = ROOT / "assets" / "examples"
 DEFAULT_LABELS = "a red circle, a blue square, a green triangle, a cat, a car"
+DEFAULT_TEMPLATE = DEFAULT_TEMPLATES[0]
 TEMPLATE_HELP = "Prompt template(s), one per line; {} stands for the label ({} alone: the label as written)."
 MAX_BATCH_IMAGES = 5000
 
@@ -32,6 +33,45 @@ def _folder_images(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
+def classify_one(studio: Studio, image_path: str | None, label_text: str, template_text: str,
+                 bias: float | None = None) -> tuple[dict[str, float], str]:
+    """Probability per label for one image, and the notes to show with them."""
+    if not image_path:
+        raise StudioError("Upload an image first.")
+    with studio.job("labelling an image") as model:
+        result = classify(model, [image_path], label_text or "", _templates(template_text), bias=bias)
+    if result.failures:
+        failure = result.failures[0]
+        raise StudioError(f"{Path(failure.source).name}: {failure.reason}")
+    probabilities = {label: float(p) for label, p in zip(result.labels, result.probabilities[0])}
+    return probabilities, studio.notes(result.warnings)
+
+
+def example_rows() -> list[list[str]]:
+    return [[str(p), DEFAULT_LABELS, DEFAULT_TEMPLATE] for p in sorted(EXAMPLES.glob("*.png"))]
+
+
+def example_result(studio: Studio, image_path: str, label_text: str, template_text: str):
+    """An example's result, computed once per loaded model.
+
+    Gradio's own example cache would keep showing the first model's results after a model switch;
+    this one lives in the Studio and is emptied by every load. Keyed by content: Gradio hands the
+    handler a copy of the example file, not its original path.
+    """
+    key = (read_file_bytes(image_path)[1], label_text, template_text)
+    if key not in studio.example_results:
+        studio.example_results[key] = classify_one(studio, image_path, label_text, template_text)
+    return studio.example_results[key]
+
+
+def cache_examples(studio: Studio) -> int:
+    """Compute every example's result for the loaded model (at start-up, as Spaces expect)."""
+    rows = example_rows()
+    for row in rows:
+        example_result(studio, *row)
+    return len(rows)
+
+
 def build(studio: Studio) -> None:
     with gr.Tab("One image"):
         with gr.Row():
@@ -39,7 +79,7 @@ def build(studio: Studio) -> None:
                 image = ImageInput(type="filepath", label="Image", sources=["upload", "clipboard"], height=320,
                                    elem_id="label-image")
                 labels = gr.Textbox(DEFAULT_LABELS, label="Labels (comma or newline separated, any language)", lines=3)
-                template = gr.Textbox("this is a photo of {}.", label=TEMPLATE_HELP, lines=2)
+                template = gr.Textbox(DEFAULT_TEMPLATE, label=TEMPLATE_HELP, lines=2)
                 bias = gr.Slider(-20, 5, value=-10, step=0.1, label="Logit bias (model's own by default; "
                                  "moves every probability, as in the SigLIP 2 demo)")
                 use_model_bias = gr.Checkbox(True, label="Use the model's own bias")
@@ -48,30 +88,28 @@ def build(studio: Studio) -> None:
                 scores = gr.Label(label="Sigmoid probability per label (independent, not summing to 1)",
                                   elem_id="label-scores")
                 notes = gr.Markdown(elem_id="label-notes")
-        examples = sorted(EXAMPLES.glob("*.png"))
-        if examples:
-            gr.Examples([[str(p), DEFAULT_LABELS, "this is a photo of {}."] for p in examples],
-                        [image, labels, template], label="Examples (drawn by this project, CC0)")
+        rows = example_rows()
+        examples = gr.Examples(rows, [image, labels, template], cache_examples=False,
+                               label="Examples (drawn by this project, CC0): click one to label it") if rows else None
 
     @gpu
     @user_errors
     def do_classify(image_path, label_text: str, template_text: str, bias_value: float = -10.0,
                     own_bias: bool = True):
-        if not image_path:
-            raise StudioError("Upload an image first.")
-        with studio.job("labelling an image") as model:
-            result = classify(model, [image_path], label_text or "", _templates(template_text),
-                              bias=None if own_bias else bias_value)
-        if result.failures:
-            failure = result.failures[0]
-            raise StudioError(f"{Path(failure.source).name}: {failure.reason}")
-        probabilities = {label: float(p) for label, p in zip(result.labels, result.probabilities[0])}
-        return probabilities, studio.notes(result.warnings)
+        return classify_one(studio, image_path, label_text, template_text, None if own_bias else bias_value)
+
+    @gpu
+    @user_errors
+    def show_example(image_path, label_text: str, template_text: str):
+        return example_result(studio, image_path, label_text, template_text)
 
     inputs = [image, labels, template, bias, use_model_bias]
     run.click(do_classify, inputs, [scores, notes], api_name="classify", concurrency_id=MODEL_QUEUE)
     bias.release(do_classify, inputs, [scores, notes], api_name=False, concurrency_id=MODEL_QUEUE)
     use_model_bias.change(do_classify, inputs, [scores, notes], api_name=False, concurrency_id=MODEL_QUEUE)
+    if examples is not None:
+        examples.load_input_event.then(show_example, [image, labels, template], [scores, notes], api_name=False,
+                                       concurrency_id=MODEL_QUEUE)
 
     with gr.Tab("Many images"):
         with gr.Row():
@@ -79,7 +117,7 @@ def build(studio: Studio) -> None:
                 files = gr.File(file_count="multiple", file_types=["image"], type="filepath", label="Upload images")
                 folder = gr.Textbox(label="…or a folder on the server (inside the allowed roots)")
                 batch_labels = gr.Textbox(DEFAULT_LABELS, label="Labels", lines=3)
-                batch_template = gr.Textbox("this is a photo of {}.", label=TEMPLATE_HELP, lines=2)
+                batch_template = gr.Textbox(DEFAULT_TEMPLATE, label=TEMPLATE_HELP, lines=2)
                 with gr.Row():
                     threshold = gr.Slider(0, 1, value=0.1, step=0.01, label="Probability threshold")
                     mode = gr.Radio(["multi", "single"], value="multi", label="Labels per image")

@@ -36,20 +36,24 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
     (root / "photos").mkdir(parents=True)
     for i in range(6):
         random_image(120, 160, seed=500 + i).save(root / "photos" / f"holiday {i}.jpg")
-    app = AppProcess("--test-model", "--index-dir", str(tmp_path / "indexes"), "--allowed-root", str(root))
+    app = AppProcess("--test-model", "--cache-examples", "--index-dir", str(tmp_path / "indexes"),
+                     "--allowed-root", str(root))
     SHOTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
         page.goto(app.url, wait_until="domcontentloaded", timeout=60_000)
         page.get_by_text("untrained test model", exact=False).first.wait_for(timeout=30_000)
 
-        # Label: take an example image, label it, see the probability bars
-        page.locator("tbody tr").first.click()  # the first example row fills image, labels, template
+        # Label: click an example (its result was cached at start-up), then label it with other labels
+        assert "cached the results of" in app.output()
+        page.locator("tbody tr").first.click()  # the first example row fills image, labels, template and runs
         page.locator("#label-image img").first.wait_for(timeout=30_000)
-        page.get_by_role("button", name="Label", exact=True).click()
         scores = page.locator("#label-scores")
         scores.get_by_text("a red circle").first.wait_for(timeout=60_000)
         page.locator("#label-notes").get_by_text("Untrained test model").wait_for(timeout=30_000)
+        page.get_by_label("Labels (comma or newline separated, any language)").fill("ein Hund, un chat")
+        page.get_by_role("button", name="Label", exact=True).click()
+        scores.get_by_text("ein Hund").first.wait_for(timeout=60_000)
         page.screenshot(path=str(SHOTS / "label.png"), full_page=True)
 
         # Search: build an index from a server folder, then search it by text
