@@ -6,8 +6,10 @@ import shutil
 import faiss
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import random_image
+from engine.encode import encode_images
 from engine.errors import IndexStoreError, QueryError
 from engine.imageindex import ImageIndex, index_path, list_indexes, remove_index
 from engine.indexer import build_index
@@ -242,3 +244,21 @@ def test_deletions_in_indexes_that_cannot_remove(naflex_model, tmp_path, factory
         assert index.meta["factory"] == factory and info.images == 8
         hits = search(index, naflex_model, str(paths[3]), k=3).hits
         assert hits[0].path == str(paths[3])
+
+
+def test_every_listed_format_is_indexed(naflex_model, tmp_path):
+    folder = tmp_path / "formats"
+    folder.mkdir()
+    formats = ["jpg", "jpeg", "png", "webp", "bmp", "tiff", "heic", "avif"]
+    for i, extension in enumerate(formats):
+        random_image(80 + 4 * i, 96, seed=700 + i).save(folder / f"picture.{extension}")
+    first, second = random_image(64, 64, seed=790), random_image(64, 64, seed=791)
+    first.save(folder / "animated.gif", save_all=True, append_images=[second], duration=100)
+    with Image.open(folder / "animated.gif") as gif:  # what the first frame decodes to (palette colours)
+        gif.convert("RGB").save(tmp_path / "first frame.png")
+
+    summary = build_index(naflex_model, folder, "formats", tmp_path / "indexes")
+    assert summary.skipped == [] and summary.encoded == len(formats) + 1
+
+    gif_vector, frame_vector = encode_images(naflex_model, [folder / "animated.gif", tmp_path / "first frame.png"]).vectors
+    assert float(gif_vector @ frame_vector) > 0.9999
