@@ -60,20 +60,7 @@ class ClusteredVectors:
             yield np.arange(start, start + n, dtype=np.int64), self._make(rng, n)
 
     def queries(self, n, seed):
-        return self._make(np.random.default_rng((self.seed, "queries", seed).__hash__() % 2**32), n)
-
-
-def exact_top_k(data: ClusteredVectors, queries: np.ndarray, k: int = 10) -> np.ndarray:
-    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    best_ids = np.zeros((len(queries), k), dtype=np.int64)
-    for ids, vectors in data.chunks():
-        scores = queries @ vectors.T
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        merged_scores = np.concatenate([best_scores, np.take_along_axis(scores, top, 1)], axis=1)
-        merged_ids = np.concatenate([best_ids, ids[top]], axis=1)
-        order = np.argsort(-merged_scores, axis=1)[:, :k]
-        best_scores, best_ids = np.take_along_axis(merged_scores, order, 1), np.take_along_axis(merged_ids, order, 1)
-    return best_ids
+        return self._make(np.random.default_rng((self.seed, 10**9 + seed)), n)  # apart from every chunk's seed
 
 
 def rss() -> int:
@@ -97,14 +84,13 @@ def bench_vectors(count: int, factory: str | None = None) -> None:
     data = ClusteredVectors(count)
     eval_queries, tune_queries = data.queries(1000, 1), data.queries(300, 2)
     print(f"vectors: {count:,} × {DIM}, clustered; computing exact top-10 for 1,300 queries ...", flush=True)
-    truth, tune_truth = exact_top_k(data, eval_queries), exact_top_k(data, tune_queries)
+    truth, tune_truth = (vi.exact_top_k(q, data.chunks(), 10) for q in (eval_queries, tune_queries))
 
     plan = vi.plan_index(count, DIM, factory=factory)
     start = time.perf_counter()
     training = None
     if plan.needs_training:
-        ivf = [t for t in plan.factory.split(",") if t.startswith("IVF")]
-        wanted = min(count, max(int(ivf[0].split("_")[0][3:]) * 40, 10_000) if ivf else 100_000)
+        wanted = min(count, vi.training_size(plan, DIM))
         chunks = itertools.islice(data.chunks(), -(-wanted // CHUNK))
         training = np.concatenate([v for _, v in chunks])[:wanted]
     base = rss()  # after the training sample exists: the growth below is the index and FAISS's buffers

@@ -210,9 +210,7 @@ class ImageIndex:
         if trained is not None:
             index = vi.emptied(trained)
         else:
-            training = None
-            if plan.needs_training:
-                training = np.concatenate([v for _, v in self.catalog.iter_embeddings(self.dim)]) if count else None
+            training = self.catalog.sample_embeddings(self.dim, vi.training_size(plan, self.dim))
             index = vi.create_index(plan, self.dim, training)
         for ids, vectors in self.catalog.iter_embeddings(self.dim):
             index.add_with_ids(vectors, ids)
@@ -261,13 +259,10 @@ class ImageIndex:
             self.catalog.set_meta(search_params={}, recall_estimate=1.0)
             self.meta = self.catalog.get_meta()
             return
-        rng = np.random.default_rng(0)
-        all_ids, all_vectors = zip(*self.catalog.iter_embeddings(self.dim))
-        ids, vectors = np.concatenate(all_ids), np.concatenate(all_vectors)
-        sample = vectors[rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)]
-        probes = sample + rng.normal(0, 0.02, sample.shape).astype(np.float32)
+        sample = self.catalog.sample_embeddings(self.dim, queries)
+        probes = sample + np.random.default_rng(0).normal(0, 0.02, sample.shape).astype(np.float32)
         probes /= np.linalg.norm(probes, axis=1, keepdims=True)
-        truth = vi.exact_top_k(probes, vectors, ids, k)
+        truth = vi.exact_top_k(probes, self.catalog.iter_embeddings(self.dim), k)
         params, recall = vi.tune(self.index, probes, truth, recall_target)
         self.catalog.set_meta(search_params=params, recall_estimate=recall)
         self.meta = self.catalog.get_meta()

@@ -79,9 +79,7 @@ def cmd_export(args) -> int:
     out = Path(args.out or f"{args.name}-export")
     out.mkdir(parents=True, exist_ok=True)
     with ImageIndex.open(args.name, args.index_dir) as index:
-        chunks = list(index.catalog.iter_embeddings(index.dim))
-        ids = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, np.int64)
-        vectors = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros((0, index.dim), np.float32)
+        ids, vectors = index.catalog.all_embeddings(index.dim)
         records = index.catalog.images(ids)
     if args.format == "parquet":
         import pyarrow as pa

@@ -56,9 +56,7 @@ def project_index(index: ImageIndex, max_points: int = DEFAULT_MAX_POINTS, seed:
     """UMAP of the index's embeddings (subsampled above `max_points`), cached beside the index."""
     total = index.catalog.count_images()
     cache = Path(index.path) / f"projection-v{index.catalog.version}-{max_points}-{seed}.npz"
-    chunks = list(index.catalog.iter_embeddings(index.dim))
-    ids = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, np.int64)
-    vectors = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros((0, index.dim), np.float32)
+    ids, vectors = index.catalog.all_embeddings(index.dim)
     if cache.exists():
         stored = np.load(cache)
         keep = np.searchsorted(ids, stored["image_ids"])

@@ -76,10 +76,10 @@ def test_search_equals_brute_force(naflex_model, tmp_path):
     make_folder(folder, count=15)
     build_index(naflex_model, folder, "exact", index_dir, batch_size=8)
     with ImageIndex.open("exact", index_dir) as index:
-        ids, vectors = map(np.concatenate, zip(*index.catalog.iter_embeddings(index.dim)))
+        ids, vectors = index.catalog.all_embeddings(index.dim)
         result = search(index, naflex_model, "a dog on the beach", k=5)
         query = embed_query(naflex_model, "a dog on the beach")
-        truth = vi.exact_top_k(query.vector[None], vectors, ids, 5)[0]
+        truth = vi.exact_top_k(query.vector[None], index.catalog.iter_embeddings(index.dim, chunk=4), 5)[0]
         assert [h.image_id for h in result.hits] == truth.tolist()
         scores = vectors @ query.vector
         np.testing.assert_allclose([h.score for h in result.hits], np.sort(scores)[::-1][:5], atol=1e-5)
@@ -177,7 +177,8 @@ def test_second_writer_gets_a_clear_message(naflex_model, tmp_path):
 def test_index_choice_by_size():
     assert vi.plan_index(5_000, 768).factory == "Flat"
     assert vi.plan_index(100_000, 768).factory == "HNSW32"
-    assert vi.plan_index(1_000_000, 768).factory == "IVF4096_HNSW32,SQ8"
+    assert vi.plan_index(1_000_000, 768).factory == "IVF4096,SQ8"
+    assert vi.plan_index(50_000_000, 768, memory_budget=64 * 2**30).factory == "IVF32768_HNSW32,SQ8"
     assert vi.plan_index(1_000_000, 768, memory_budget=2**28).factory.endswith(",PQ256x8") is False
     assert "PQ" in vi.plan_index(1_000_000, 768, memory_budget=2**28).factory
     assert vi.plan_index(10, 768, factory="IVF16,Flat").factory == "IVF16,Flat"
@@ -212,7 +213,8 @@ def test_tuning_reaches_recall_target():
     index = vi.create_index(vi.IndexPlan("IVF64,Flat", len(data)), 32, data)
     index.add_with_ids(data, ids)
     queries = data[:100] + 0.05 * rng.normal(size=(100, 32)).astype(np.float32)
-    truth = vi.exact_top_k(queries, data, ids, 10)
+    truth = vi.exact_top_k(queries, [(ids[:7_000], data[:7_000]), (ids[7_000:], data[7_000:])], 10)
+    assert (truth == vi.exact_top_k(queries, [(ids, data)], 10)).all()  # streaming = all at once
     params, recall = vi.tune(index, queries, truth, 0.95)
     assert recall >= 0.95 and params["nprobe"] < 64
     vi.set_search_params(index, params)
