@@ -135,16 +135,13 @@ class Catalog:
             yield ids, vectors
             after_id = int(ids[-1])
 
-    def all_embeddings(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """Every (ids (n,), vectors (n, dim)) in id order, in memory: for exports and maps, not for builds."""
-        chunks = list(self.iter_embeddings(dim))
-        if not chunks:
-            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
-        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+    def image_ids(self) -> np.ndarray:
+        """(n,) int64, every stored image id in increasing order."""
+        return np.fromiter((r[0] for r in self.db.execute("SELECT id FROM images ORDER BY id")), dtype=np.int64)
 
     def sample_embeddings(self, dim: int, count: int, seed: int = 0) -> np.ndarray:
         """Up to `count` stored vectors (count, dim) drawn at random (IVF training, tuning queries)."""
-        ids = np.fromiter((r[0] for r in self.db.execute("SELECT id FROM images")), dtype=np.int64)
+        ids = self.image_ids()
         if len(ids) > count:
             ids = np.sort(np.random.default_rng(seed).choice(ids, size=count, replace=False))
         return self.embeddings_for(ids, dim)

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-
-import numpy as np
-
 
 
 def _open_model_for(args, index_name: str):
@@ -75,29 +71,12 @@ def cmd_info(args) -> int:
 
 def cmd_export(args) -> int:
     from .imageindex import ImageIndex
+    from .index_export import export_index
 
     out = Path(args.out or f"{args.name}-export")
-    out.mkdir(parents=True, exist_ok=True)
     with ImageIndex.open(args.name, args.index_dir) as index:
-        ids, vectors = index.catalog.all_embeddings(index.dim)
-        records = index.catalog.images(ids)
-    if args.format == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pa.table({"image_id": ids, "embedding": list(vectors)})
-        pq.write_table(table, out / "embeddings.parquet")
-    else:
-        np.save(out / "embeddings.npy", vectors)
-        np.save(out / "image_ids.npy", ids)
-    with open(out / "metadata.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["row", "image_id", "path", "sha256", "width", "height"])
-        for row, image_id in enumerate(ids):
-            record = records[int(image_id)]
-            for path in record.paths:
-                writer.writerow([row, int(image_id), path, record.sha256, record.width, record.height])
-    print(f"exported {len(ids)} embeddings and their metadata to {out}")
+        exported = export_index(index, out, args.format)
+    print(f"exported {exported.rows} embeddings and their metadata to {out}")
     return 0
 
 

@@ -56,16 +56,16 @@ def project_index(index: ImageIndex, max_points: int = DEFAULT_MAX_POINTS, seed:
     """UMAP of the index's embeddings (subsampled above `max_points`), cached beside the index."""
     total = index.catalog.count_images()
     cache = Path(index.path) / f"projection-v{index.catalog.version}-{max_points}-{seed}.npz"
-    ids, vectors = index.catalog.all_embeddings(index.dim)
     if cache.exists():
         stored = np.load(cache)
-        keep = np.searchsorted(ids, stored["image_ids"])
-        return Projection(stored["image_ids"], stored["coords"], vectors[keep], total, str(stored["method"]))
+        vectors = index.catalog.embeddings_for(stored["image_ids"], index.dim)
+        return Projection(stored["image_ids"], stored["coords"], vectors, total, str(stored["method"]))
+    ids = index.catalog.image_ids()
+    if total > max_points:  # only the plotted points' vectors are ever read
+        ids = ids[np.sort(np.random.default_rng(seed).choice(total, size=max_points, replace=False))]
+    vectors = index.catalog.embeddings_for(ids, index.dim)
     if total == 0:
         return Projection(ids, np.zeros((0, 2), np.float32), vectors, 0, "umap")
-    if total > max_points:
-        keep = np.sort(np.random.default_rng(seed).choice(total, size=max_points, replace=False))
-        ids, vectors = ids[keep], vectors[keep]
     coords, method = _layout(vectors, seed)
     try:  # the cache is a convenience: a read-only index folder just recomputes next time
         for old in Path(index.path).glob("projection-*.npz"):

@@ -76,7 +76,8 @@ def test_search_equals_brute_force(naflex_model, tmp_path):
     make_folder(folder, count=15)
     build_index(naflex_model, folder, "exact", index_dir, batch_size=8)
     with ImageIndex.open("exact", index_dir) as index:
-        ids, vectors = index.catalog.all_embeddings(index.dim)
+        ids = index.catalog.image_ids()
+        vectors = index.catalog.embeddings_for(ids, index.dim)
         result = search(index, naflex_model, "a dog on the beach", k=5)
         query = embed_query(naflex_model, "a dog on the beach")
         truth = vi.exact_top_k(query.vector[None], index.catalog.iter_embeddings(index.dim, chunk=4), 5)[0]

@@ -4,12 +4,14 @@ import csv
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import random_image
 from engine.errors import LabelError
 from engine.export import UNLABELLED, assign_labels, export_csv, export_imagefolder, export_jsonl
 from engine.imageindex import ImageIndex
+from engine.index_export import export_index
 from engine.indexer import build_index
 from engine.project import cluster_colours, project_index
 from engine.zeroshot import ZeroShotResult
@@ -62,8 +64,37 @@ def test_projection_is_cached_and_subsampled(naflex_model, tmp_path):
         np.testing.assert_array_equal(cached.coords, full.coords)
         part = project_index(index, max_points=12)
         assert part.subsampled and len(part.image_ids) == 12 and "12 of 30" in part.describe()
+        for projection in (full, cached, part):  # each point carries its own image's vector
+            np.testing.assert_array_equal(projection.vectors,
+                                          index.catalog.embeddings_for(projection.image_ids, index.dim))
         placed = full.place(full.vectors[3])  # a stored image's own embedding lands near its own point
         distances = np.linalg.norm(full.coords - full.coords[3], axis=1)
         assert np.linalg.norm(placed - full.coords[3]) < np.median(distances)
     colours = cluster_colours(full.vectors, 4)
     assert colours.shape == (30,) and len(set(colours.tolist())) <= 4
+
+
+@pytest.mark.parametrize("fmt", ["npy", "parquet"])
+def test_index_export_in_chunks(naflex_model, tmp_path, fmt):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(9):
+        random_image(40 + i, 50, seed=800 + i).save(folder / f"{i}.png")
+    (folder / "copy of 0.png").write_bytes((folder / "0.png").read_bytes())
+    build_index(naflex_model, folder, "out", tmp_path / "idx")
+    with ImageIndex.open("out", tmp_path / "idx") as index:
+        exported = export_index(index, tmp_path / fmt, fmt, chunk=4)  # 9 images: three chunks
+        ids = index.catalog.image_ids()
+        expected = index.catalog.embeddings_for(ids, index.dim)
+    assert exported.rows == 9 and all(f.exists() for f in exported.files)
+    if fmt == "npy":
+        np.testing.assert_array_equal(np.load(tmp_path / fmt / "image_ids.npy"), ids)
+        np.testing.assert_array_equal(np.load(tmp_path / fmt / "embeddings.npy"), expected)
+    else:
+        table = pq.read_table(tmp_path / fmt / "embeddings.parquet")
+        assert table["image_id"].to_pylist() == ids.tolist()
+        np.testing.assert_array_equal(np.stack(table["embedding"].to_numpy(zero_copy_only=False)), expected)
+    with open(tmp_path / fmt / "metadata.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 10 and {int(r["row"]) for r in rows} == set(range(9))  # the copy shares a row
+    assert all(int(r["image_id"]) == ids[int(r["row"])] for r in rows)
