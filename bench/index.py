@@ -123,15 +123,14 @@ def bench_vectors(count: int, factory: str | None = None) -> None:
 
 
 def bench_build_throughput(files: int, size: str) -> None:
-    from PIL import Image
-
     from engine import load_model
     from engine.encode import embed_pixel_batch
+    from engine.images import open_image
     from engine.indexer import build_index
 
     model = load_model(str(checkpoint("naflex", size)))
     paths = photos(files)
-    prepared = [model.image_preprocessor(Image.open(p).convert("RGB")) for p in paths]
+    prepared = [model.image_preprocessor(open_image(p)) for p in paths]
     embed_pixel_batch(model, prepared[:4])
     start = time.perf_counter()
     for i in range(0, len(prepared), 32):
@@ -139,7 +138,7 @@ def bench_build_throughput(files: int, size: str) -> None:
     model_rate = len(prepared) / (time.perf_counter() - start)
     with tempfile.TemporaryDirectory() as index_dir:
         summary = build_index(model, paths[0].parent, "bench", index_dir, batch_size=32)
-    end_to_end = summary.encoded / summary.seconds
+    end_to_end = summary.rate
     print(f"build throughput ({size} naflex, {files} JPEGs): files→stored {end_to_end:.2f} img/s, model only "
           f"{model_rate:.2f} img/s, ratio {end_to_end / model_rate:.0%}")
 

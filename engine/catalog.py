@@ -101,17 +101,20 @@ class Catalog:
         row = self.db.execute("SELECT id FROM images WHERE sha256=?", (sha256,)).fetchone()
         return row[0] if row else None
 
-    def images(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
+    def _rows_for_ids(self, sql: str, ids: Iterable[int]) -> Iterator[tuple]:
+        """Rows of `sql`, whose `{marks}` stands for the id list, 500 ids a query (SQLite's variable limit)."""
         ids = [int(i) for i in ids]
-        found: dict[int, ImageRecord] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(f"SELECT id, sha256, width, height FROM images WHERE id IN ({marks})", chunk):
-                found[row[0]] = ImageRecord(*row, paths=[])
-            for image_id, path in self.db.execute(
-                    f"SELECT image_id, path FROM files WHERE image_id IN ({marks}) ORDER BY path", chunk):
-                found[image_id].paths.append(path)
+            yield from self.db.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
+
+    def images(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
+        ids = list(ids)
+        found = {row[0]: ImageRecord(*row, paths=[]) for row in self._rows_for_ids(
+            "SELECT id, sha256, width, height FROM images WHERE id IN ({marks})", ids)}
+        for image_id, path in self._rows_for_ids(
+                "SELECT image_id, path FROM files WHERE image_id IN ({marks}) ORDER BY path", ids):
+            found[image_id].paths.append(path)
         return found
 
     def count_images(self) -> int:
@@ -147,13 +150,10 @@ class Catalog:
         return self.embeddings_for(ids, dim)
 
     def embeddings_for(self, ids: Iterable[int], dim: int) -> np.ndarray:
+        """(len(ids), dim) float32, in the order of `ids`."""
         ids = [int(i) for i in ids]
-        by_id = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for image_id, blob in self.db.execute(f"SELECT id, embedding FROM images WHERE id IN ({marks})", chunk):
-                by_id[image_id] = np.frombuffer(blob, dtype=np.float32)
+        by_id = {image_id: np.frombuffer(blob, dtype=np.float32) for image_id, blob in self._rows_for_ids(
+            "SELECT id, embedding FROM images WHERE id IN ({marks})", ids)}
         return np.stack([by_id[i] for i in ids]) if ids else np.zeros((0, dim), np.float32)
 
     def changes_since(self, version: int) -> list[tuple[int, int, str]]:

@@ -189,7 +189,8 @@ class ImageIndex:
         if not changes:
             return
         removed = [image_id for _, image_id, op in changes if op == "remove"]
-        added = [image_id for _, image_id, op in changes if op == "add" and image_id not in set(removed)]
+        gone = set(removed)
+        added = [image_id for _, image_id, op in changes if op == "add" and image_id not in gone]
         if removed:
             if vi.supports_removal(index):
                 index.remove_ids(np.asarray(removed, dtype=np.int64))
@@ -234,6 +235,10 @@ class ImageIndex:
                 old.unlink(missing_ok=True)
         self.catalog.forget_changes(version)
 
+    def _set_meta(self, **values) -> None:
+        self.catalog.set_meta(**values)
+        self.meta.update(values)
+
     # growing -----------------------------------------------------------------------------------
     def replan(self, memory_budget: float = vi.DEFAULT_MEMORY_BUDGET, force: bool = False,
                recall_target: float = vi.DEFAULT_RECALL_TARGET) -> bool:
@@ -247,8 +252,7 @@ class ImageIndex:
         if not (force or outgrown):
             return False
         self.index = self._rebuild_from_catalog(plan.factory)
-        self.catalog.set_meta(factory=plan.factory, trained_for=count)
-        self.meta = self.catalog.get_meta()
+        self._set_meta(factory=plan.factory, trained_for=count)
         self.tune(recall_target)
         return True
 
@@ -256,16 +260,14 @@ class ImageIndex:
         """Pick the cheapest efSearch / nprobe reaching the recall target on perturbed stored vectors."""
         count = self.catalog.count_images()
         if count <= k or self.meta["factory"] == "Flat":
-            self.catalog.set_meta(search_params={}, recall_estimate=1.0)
-            self.meta = self.catalog.get_meta()
+            self._set_meta(search_params={}, recall_estimate=1.0)
             return
         sample = self.catalog.sample_embeddings(self.dim, queries)
         probes = sample + np.random.default_rng(0).normal(0, 0.02, sample.shape).astype(np.float32)
         probes /= np.linalg.norm(probes, axis=1, keepdims=True)
         truth = vi.exact_top_k(probes, self.catalog.iter_embeddings(self.dim), k)
         params, recall = vi.tune(self.index, probes, truth, recall_target)
-        self.catalog.set_meta(search_params=params, recall_estimate=recall)
-        self.meta = self.catalog.get_meta()
+        self._set_meta(search_params=params, recall_estimate=recall)
 
     # reading -----------------------------------------------------------------------------------
     def search_vectors(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -275,19 +277,8 @@ class ImageIndex:
         if allowed_ids is None:
             return self.index.search(queries, k)
         selector = faiss.IDSelectorBatch(np.asarray(allowed_ids, dtype=np.int64))
-        params = self._search_parameters(selector)
+        params = vi.search_parameters(self.index, self.meta.get("search_params") or {}, selector)
         return self.index.search(queries, k, params=params)
-
-    def _search_parameters(self, selector) -> faiss.SearchParameters:
-        tuned = self.meta.get("search_params") or {}
-        if "nprobe" in tuned:
-            params = faiss.SearchParametersIVF(sel=selector, nprobe=int(tuned["nprobe"]))
-            if "quantizer_efSearch" in tuned:
-                params.quantizer_params = faiss.SearchParametersHNSW(efSearch=int(tuned["quantizer_efSearch"]))
-            return params
-        if "efSearch" in tuned:
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=int(tuned["efSearch"]))
-        return faiss.SearchParameters(sel=selector)
 
     def ids_matching_path(self, fragment: str) -> np.ndarray:
         pattern = "%" + fragment.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

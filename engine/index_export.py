@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import IndexStoreError
 from .imageindex import ImageIndex
 
 FORMATS = ("npy", "parquet")
@@ -23,7 +24,7 @@ class IndexExport:
 def export_index(index: ImageIndex, out: str | Path, fmt: str = "npy", chunk: int = 20_000) -> IndexExport:
     """Write embeddings (row i ↔ image_ids[i]) and metadata.csv (one line per file path) into `out`."""
     if fmt not in FORMATS:
-        raise ValueError(f"export format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        raise IndexStoreError(f"Export format {fmt!r} is not known: choose one of {', '.join(FORMATS)}.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ids = index.catalog.image_ids()

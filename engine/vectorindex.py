@@ -75,9 +75,12 @@ def create_index(plan: IndexPlan, dim: int, training_vectors: np.ndarray | None 
     return index
 
 
+def _unwrapped(index: faiss.Index) -> faiss.Index:
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+
+
 def supports_removal(index: faiss.Index) -> bool:
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-    return not isinstance(inner, (faiss.IndexHNSW, faiss.IndexRefine))
+    return not isinstance(_unwrapped(index), (faiss.IndexHNSW, faiss.IndexRefine))
 
 
 def emptied(index: faiss.Index) -> faiss.Index:
@@ -93,27 +96,46 @@ def set_search_params(index: faiss.Index, params: dict) -> None:
         faiss.ParameterSpace().set_index_parameters(index, ",".join(f"{k}={v}" for k, v in params.items()))
 
 
+def search_parameters(index: faiss.Index, params: dict, selector: faiss.IDSelector) -> faiss.SearchParameters:
+    """One search's parameters: the tuned `params` (as set_search_params takes them) plus an id filter.
+
+    Built with keyword arguments so that the Python objects they point at stay alive with them.
+    """
+    inner = _unwrapped(index)
+    if isinstance(inner, faiss.IndexRefine):
+        # IndexIDMap2 translates only an outer selector; the refined base index sees internal ids
+        if isinstance(index, faiss.IndexIDMap2):
+            selector = faiss.IDSelectorTranslated(index.id_map, selector)
+        base = search_parameters(inner.base_index, params, selector)
+        return faiss.IndexRefineSearchParameters(k_factor=float(params.get("k_factor_rf", inner.k_factor)),
+                                                 base_index_params=base)
+    if "nprobe" in params:
+        quantizer = {"quantizer_params": faiss.SearchParametersHNSW(efSearch=int(params["quantizer_efSearch"]))} \
+            if "quantizer_efSearch" in params else {}
+        return faiss.SearchParametersIVF(sel=selector, nprobe=int(params["nprobe"]), **quantizer)
+    if "efSearch" in params:
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=int(params["efSearch"]))
+    return faiss.SearchParameters(sel=selector)
+
+
+PROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
+
+
 def _parameter_ladder(index: faiss.Index) -> list[dict]:
+    """Search settings from cheapest to most thorough, for `tune` to walk up."""
+    inner = _unwrapped(index)
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
-        ivf = None
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-    if isinstance(inner, faiss.IndexRefine) and ivf is not None:
-        probes = [n for n in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256) if n <= ivf.nlist]
-        hnsw = isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
-        return [{"nprobe": n, **({"quantizer_efSearch": max(64, 2 * n)} if hnsw else {}), "k_factor_rf": kf}
-                for n in probes for kf in (2, 4, 8)]
-    if ivf is not None:
-        probes = [n for n in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256) if n <= ivf.nlist]
-        if isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
-            # an HNSW coarse quantizer must look at least as wide as the number of lists probed
-            return [{"nprobe": n, "quantizer_efSearch": max(64, 2 * n)} for n in probes]
-        return [{"nprobe": n} for n in probes]
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-    if isinstance(inner, faiss.IndexHNSW):
-        return [{"efSearch": e} for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 512)]
-    return []
+        return [{"efSearch": e} for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 512)] \
+            if isinstance(inner, faiss.IndexHNSW) else []
+    hnsw_quantizer = isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
+    # an HNSW coarse quantizer must look at least as wide as the number of lists probed
+    steps = [{"nprobe": n, **({"quantizer_efSearch": max(64, 2 * n)} if hnsw_quantizer else {})}
+             for n in PROBES if n <= ivf.nlist]
+    if isinstance(inner, faiss.IndexRefine):
+        return [{**step, "k_factor_rf": factor} for step in steps for factor in (2, 4, 8)]
+    return steps
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
