@@ -3,15 +3,16 @@ zero-shot label, with a text query placed on the map and thumbnails on click."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
 
 from engine import StudioError
 from engine.encode import encode_texts
-from engine.imageindex import ImageIndex
-from engine.project import DEFAULT_MAX_POINTS, cluster_colours, project_index
-from engine.zeroshot import logits_for, prepare_labels
+from engine.imageindex import ImageIndex, list_indexes
+from engine.project import DEFAULT_MAX_POINTS, cluster_colours, label_colours, project_index
 
 from .common import MODEL_QUEUE, gpu, thumbnail, user_errors
 from .studio import Studio
@@ -58,8 +59,6 @@ def figure(coords, colours, names, ids, query_point=None, query_text="") -> go.F
 
 
 def build(studio: Studio) -> None:
-    from engine.imageindex import list_indexes
-
     with gr.Row():
         with gr.Column(scale=1):
             index_name = gr.Dropdown(list_indexes(studio.index_dir), label="Index", allow_custom_value=True)
@@ -91,17 +90,14 @@ def build(studio: Studio) -> None:
             records = index.catalog.images(projection.image_ids)
             names = [records[int(i)].paths[0] for i in projection.image_ids]
             if how == "zero-shot label":
-                label_set = prepare_labels(model, label_text or "")
-                scores = logits_for(model, projection.vectors, label_set.text_vectors)
-                colours = [label_set.labels[j] for j in scores.argmax(axis=1)]
+                colours = label_colours(model, projection.vectors, label_text or "")
             else:
                 colours = [f"cluster {c}" for c in cluster_colours(projection.vectors, int(k))]
             point, gallery = None, []
             if (text or "").strip():
                 vector = encode_texts(model, [text]).vectors[0]
                 point = projection.place(vector)
-                order = np.argsort(-(projection.vectors @ vector))[:12]
-                gallery = [(thumbnail(names[i]), names[i].rsplit("/", 1)[-1]) for i in order]
+                gallery = [(thumbnail(names[i]), Path(names[i]).name) for i in projection.nearest(vector)]
         fig = figure(projection.coords, colours, names, projection.image_ids, point, text)
         return fig, "\n\n".join(x for x in (projection.describe() + ".", studio.notes()) if x), \
             [g for g in gallery if g[0] is not None]

@@ -11,7 +11,7 @@ import gradio as gr
 from engine import StudioError
 from engine.imageindex import ImageIndex, index_path, list_indexes
 from engine.indexer import build_index
-from engine.search import QueryTerm, parse_query, search
+from engine.search import QueryTerm, compare_queries, parse_query, search
 
 from .common import MODEL_QUEUE, ImageInput, gpu, progress_callback, thumbnail, uploaded_paths, user_errors
 from .studio import Studio
@@ -94,10 +94,13 @@ def build(studio: Studio) -> dict:
         return "\n\n".join(x for x in (text, studio.notes()) if x), gr.Dropdown(
             choices=list_indexes(studio.index_dir), value=name)
 
-    def _run(name: str, terms, n: int, cut: float, path_part: str):
+    def _open(name: str) -> ImageIndex:
         if not (name or "").strip():
             raise StudioError("Choose an index to search, or build one first.")
-        with studio.job("searching") as model, ImageIndex.open(name or "", studio.index_dir) as index:
+        return ImageIndex.open(name, studio.index_dir)
+
+    def _run(name: str, terms, n: int, cut: float, path_part: str):
+        with studio.job("searching") as model, _open(name) as index:
             return search(index, model, terms, k=int(n), min_score=None if cut <= -1 else cut,
                           path_contains=(path_part or "").strip() or None)
 
@@ -121,13 +124,12 @@ def build(studio: Studio) -> dict:
     @user_errors
     def do_compare(name: str, lines: str, n: int = 12):
         queries = [line.strip() for line in (lines or "").splitlines() if line.strip()]
-        if len(queries) < 2:
-            raise StudioError("Give at least two versions of the query, one per line.")
-        results = [_run(name, q, n, -1, "") for q in queries]
-        top = [[Path(h.path).name for h in r.hits] for r in results]
+        with studio.job("comparing queries") as model, _open(name) as index:
+            comparison = compare_queries(index, model, queries, int(n))
+        top = [[Path(h.path).name for h in r.hits] for r in comparison.results]
         depth = max(len(t) for t in top)
         rows = [[rank + 1] + [t[rank] if rank < len(t) else "" for t in top] for rank in range(depth)]
-        overlap = [[q] + [f"{len(set(a) & set(b)) / max(len(a), 1):.2f}" for b in top] for q, a in zip(queries, top)]
+        overlap = [[q] + [f"{share:.2f}" for share in row] for q, row in zip(queries, comparison.overlap)]
         return (gr.Dataframe(rows, headers=["rank"] + queries),
                 gr.Dataframe(overlap, headers=["query"] + queries))
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from .imageindex import ImageIndex
+from .models import LoadedModel
+from .zeroshot import logits_for, prepare_labels
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_POINTS = 20_000  # above this a WebGL scatter with thumbnails gets sluggish in a browser
@@ -31,11 +33,15 @@ class Projection:
             else f"all {self.total:,} images"
         return f"{self.method.upper()} map of {shown}"
 
+    def nearest(self, vector: np.ndarray, count: int = 12) -> np.ndarray:
+        """Row positions of the `count` plotted points most similar to `vector` (dim,), best first."""
+        return np.argsort(-(self.vectors @ vector))[:count]
+
     def place(self, vector: np.ndarray, neighbours: int = 10) -> np.ndarray:
         """Where a new embedding (dim,) lands: the similarity-weighted mean of its nearest plotted points."""
-        scores = self.vectors @ vector
-        top = np.argsort(-scores)[:neighbours]
-        weights = np.exp((scores[top] - scores[top].max()) * 20)
+        top = self.nearest(vector, neighbours)
+        scores = self.vectors[top] @ vector
+        weights = np.exp((scores - scores.max()) * 20)
         return (self.coords[top] * weights[:, None]).sum(axis=0) / weights.sum()
 
 
@@ -85,3 +91,9 @@ def cluster_colours(vectors: np.ndarray, clusters: int = 8, seed: int = 0) -> np
                           min_points_per_centroid=1)
     kmeans.train(np.ascontiguousarray(vectors, dtype=np.float32))
     return kmeans.index.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)[1][:, 0]
+
+
+def label_colours(model: LoadedModel, vectors: np.ndarray, label_text: str) -> list[str]:
+    """The best zero-shot label of each image embedding (n, dim) among the labels in `label_text`."""
+    label_set = prepare_labels(model, label_text)
+    return [label_set.labels[j] for j in logits_for(model, vectors, label_set.text_vectors).argmax(axis=1)]

@@ -18,7 +18,7 @@ from .errors import QueryError
 from .imageindex import ImageIndex
 from .images import IMAGE_EXTENSIONS
 from .models import LoadedModel
-from .zeroshot import sigmoid
+from .zeroshot import logits_from_cosine, sigmoid
 
 _SPLIT = re.compile(r"\s+([+-])\s+")
 _WEIGHT = re.compile(r"^(-?\d+(?:\.\d+)?)\s*:\s*(.+)$")
@@ -122,16 +122,35 @@ def search(index: ImageIndex, model: LoadedModel, query: str | Image.Image | lis
     hits: list[SearchHit] = []
     if index.index.ntotal and (allowed is None or len(allowed)):
         scores, ids = index.search_vectors(embedded.vector[None, :], k, allowed)
-        found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
-        records = index.catalog.images(i for _, i in found)
-        for score, image_id in found:
+        probabilities = sigmoid(logits_from_cosine(model, scores[0]))
+        found = [(float(s), int(i), float(p)) for s, i, p in zip(scores[0], ids[0], probabilities) if i >= 0]
+        records = index.catalog.images(i for _, i, _ in found)
+        for score, image_id, probability in found:
             if min_score is not None and score < min_score:
                 continue
             record = records.get(image_id)
             if record is None:
                 continue
             paths = [p for p in record.paths if not path_contains or path_contains in p] or record.paths
-            probability = float(sigmoid(np.float32(model.logit_scale * score + model.logit_bias)))
             hits.append(SearchHit(paths[0], paths, score, probability, image_id, record.width, record.height))
     label = query if isinstance(query, str) else "(image)"
     return SearchResult(label, hits, embedded.terms, embedded.warnings, model.is_test_model)
+
+
+@dataclass
+class QueryComparison:
+    """The same search phrased several ways (languages): each result, and how far their top-k agree."""
+
+    queries: list[str]
+    results: list[SearchResult]
+    overlap: np.ndarray  # (q, q) float32: images in both top-k lists / images in row query's top-k
+
+
+def compare_queries(index: ImageIndex, model: LoadedModel, queries: list[str], k: int = 12) -> QueryComparison:
+    """Search each query and measure the overlap of their top-k, by image (not by file name)."""
+    if len(queries) < 2:
+        raise QueryError("Give at least two versions of the query, one per line.")
+    results = [search(index, model, query, k=k) for query in queries]
+    tops = [{hit.image_id for hit in result.hits} for result in results]
+    overlap = np.array([[len(a & b) / max(len(a), 1) for b in tops] for a in tops], dtype=np.float32)
+    return QueryComparison(list(queries), results, overlap)

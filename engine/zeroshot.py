@@ -96,11 +96,16 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def logits_from_cosine(model: LoadedModel, cosine: np.ndarray, bias: float | None = None) -> np.ndarray:
+    """SigLIP logits exp(t)·cos + b, with the model's scale and (unless overridden) its bias; same shape."""
+    bias = model.logit_bias if bias is None else bias
+    return (model.logit_scale * np.asarray(cosine, dtype=np.float32) + bias).astype(np.float32)
+
+
 def logits_for(model: LoadedModel, image_vectors: np.ndarray, text_vectors: np.ndarray,
                bias: float | None = None) -> np.ndarray:
-    """(n_images, n_texts) SigLIP logits with the model's scale and (unless overridden) its bias."""
-    bias = model.logit_bias if bias is None else bias
-    return (model.logit_scale * image_vectors @ text_vectors.T + bias).astype(np.float32)
+    """(n_images, n_texts) SigLIP logits."""
+    return logits_from_cosine(model, image_vectors @ text_vectors.T, bias)
 
 
 @dataclass

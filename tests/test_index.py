@@ -13,7 +13,7 @@ from engine.encode import encode_images
 from engine.errors import IndexStoreError, QueryError
 from engine.imageindex import ImageIndex, index_path, list_indexes, remove_index
 from engine.indexer import build_index
-from engine.search import embed_query, parse_query, search
+from engine.search import compare_queries, embed_query, parse_query, search
 from engine import vectorindex as vi
 
 
@@ -106,6 +106,25 @@ def test_image_and_combined_queries_threshold_and_filter(naflex_model, tmp_path)
         filtered = search(index, naflex_model, "anything", k=9, path_contains="sub dir")
         assert filtered.hits and all("sub dir" in h.path for h in filtered.hits)
         assert len(filtered.hits) == 3
+
+
+def test_compare_queries_overlap_is_by_image_not_by_file_name(naflex_model, tmp_path):
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    make_folder(folder, count=6)
+    for i, sub in enumerate(("one", "two")):  # two different images, both called same.jpg
+        (folder / sub).mkdir()
+        random_image(100, 100, seed=900 + i).save(folder / sub / "same.jpg")
+    build_index(naflex_model, folder, "names", index_dir)
+    with ImageIndex.open("names", index_dir) as index:
+        same_name = compare_queries(index, naflex_model, [str(folder / "one" / "same.jpg"),
+                                                          str(folder / "two" / "same.jpg")], k=1)
+        assert [r.hits[0].path for r in same_name.results] == [str(folder / "one" / "same.jpg"),
+                                                                str(folder / "two" / "same.jpg")]
+        np.testing.assert_array_equal(same_name.overlap, np.eye(2))
+        languages = compare_queries(index, naflex_model, ["a dog", "a dog", "ein Hund"], k=4)
+        assert languages.overlap.shape == (3, 3) and languages.overlap[0, 1] == 1.0
+        with pytest.raises(QueryError, match="at least two"):
+            compare_queries(index, naflex_model, ["only one"])
 
 
 def test_query_parsing_errors():
@@ -220,6 +239,24 @@ def test_tuning_reaches_recall_target():
     assert recall >= 0.95 and params["nprobe"] < 64
     vi.set_search_params(index, params)
     assert vi.recall_at_k(index.search(queries, 10)[1], truth) == pytest.approx(recall)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF16,SQ8", "IVF16_HNSW32,SQ8", "IVF16,SQ4,Refine(SQ8)"])
+def test_filtered_search_returns_only_allowed_ids(factory):
+    rng = np.random.default_rng(1)
+    data = rng.normal(size=(3000, 32)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    ids = np.arange(len(data), dtype=np.int64) * 3 + 7  # external ids unlike FAISS's internal ones
+    index = vi.create_index(vi.IndexPlan(factory, len(data)), 32, data)
+    index.add_with_ids(data, ids)
+    queries = data[:50] + 0.05 * rng.normal(size=(50, 32)).astype(np.float32)
+    params, _ = vi.tune(index, queries, vi.exact_top_k(queries, [(ids, data)], 5), 0.99)
+    allowed = ids[::5]
+    truth = vi.exact_top_k(queries, [(allowed, data[::5])], 5)
+    selector = faiss.IDSelectorBatch(allowed)
+    _, found = index.search(queries, 5, params=vi.search_parameters(index, params, selector))
+    assert set(found.ravel().tolist()) <= set(allowed.tolist())
+    assert vi.recall_at_k(found, truth) >= 0.9
 
 
 def test_empty_or_missing_folder_is_a_clear_error(naflex_model, tmp_path):

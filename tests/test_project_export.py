@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -13,8 +14,8 @@ from engine.export import UNLABELLED, assign_labels, export_csv, export_imagefol
 from engine.imageindex import ImageIndex
 from engine.index_export import export_index
 from engine.indexer import build_index
-from engine.project import cluster_colours, project_index
-from engine.zeroshot import ZeroShotResult
+from engine.project import cluster_colours, label_colours, project_index
+from engine.zeroshot import ZeroShotResult, classify
 
 
 def fake_scores():
@@ -67,11 +68,22 @@ def test_projection_is_cached_and_subsampled(naflex_model, tmp_path):
         for projection in (full, cached, part):  # each point carries its own image's vector
             np.testing.assert_array_equal(projection.vectors,
                                           index.catalog.embeddings_for(projection.image_ids, index.dim))
+        assert full.nearest(full.vectors[3], 5)[0] == 3 and len(full.nearest(full.vectors[3], 5)) == 5
         placed = full.place(full.vectors[3])  # a stored image's own embedding lands near its own point
         distances = np.linalg.norm(full.coords - full.coords[3], axis=1)
         assert np.linalg.norm(placed - full.coords[3]) < np.median(distances)
     colours = cluster_colours(full.vectors, 4)
     assert colours.shape == (30,) and len(set(colours.tolist())) <= 4
+    # zero-shot colouring of stored embeddings agrees with labelling the image files themselves
+    labels = "a cat, a dog, a car, a tree"
+    files = sorted(folder.glob("*.png"), key=lambda p: int(p.stem))
+    with ImageIndex.open("map", tmp_path / "idx") as index:
+        records = index.catalog.images(full.image_ids)
+    by_path = {Path(records[int(i)].paths[0]).name: row for row, i in enumerate(full.image_ids)}
+    named = label_colours(naflex_model, full.vectors, labels)
+    result = classify(naflex_model, files, labels)
+    expected = [result.labels[j] for j in result.probabilities.argmax(axis=1)]
+    assert [named[by_path[f.name]] for f in files] == expected
 
 
 @pytest.mark.parametrize("fmt", ["npy", "parquet"])
