@@ -30,7 +30,7 @@ class Studio:
     model: LoadedModel | None = None
     load_error: str | None = None
     running_job: str | None = None
-    example_results: dict = field(default_factory=dict)  # (image sha256, labels, template) → result, this model
+    example_results: dict = field(default_factory=dict)  # (image sha256, labels, template) → result, this model and setting
     _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def load(self, name: str, device: str | None = None, dtype: str | None = None) -> LoadedModel:
@@ -54,6 +54,13 @@ class Studio:
         if not (folder / "model.safetensors").exists():
             make_test_model(folder, arch=arch, size="tiny", seed=0)
         return self.load(str(folder), device="cpu", dtype="fp32")
+
+    def set_max_patches(self, patches: int) -> LoadedModel:
+        """A new NaFlex sequence length changes every image result: cached examples go with it."""
+        model = self.require_model()
+        model.set_max_patches(patches)
+        self.example_results = {}
+        return model
 
     def require_model(self) -> LoadedModel:
         if self.model is None:

@@ -78,13 +78,14 @@ def build(studio: Studio, banner_box: gr.Markdown) -> None:
 
     @user_errors
     def do_load(hub_id: str, folder: str, device_name: str, dtype_name: str, patches=256):
+        patches = _patches(patches)
         studio.load((folder or "").strip() or hub_id, device=device_name, dtype=dtype_name)
-        studio.model.set_max_patches(_patches(patches))
+        studio.set_max_patches(patches)
         return model_summary(studio), banner(studio)
 
     @user_errors
     def do_set_patches(patches):
-        studio.require_model().set_max_patches(_patches(patches))
+        studio.set_max_patches(_patches(patches))
         return model_summary(studio)
 
     @user_errors

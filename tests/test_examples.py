@@ -24,6 +24,12 @@ def test_example_results_are_cached_per_model(tmp_path):
     assert cached == classify_one(studio, image, labels, template)
     assert "Untrained test model" in cached[1]
 
+    studio.set_max_patches(64)  # another sequence length: other results
+    assert studio.example_results == {}
+    assert example_result(studio, image, labels, template)[0] != cached[0]
+    studio.set_max_patches(256)
+    assert example_result(studio, image, labels, template) == cached and studio.example_results
+
     studio.load_test_model("fixed")
     assert studio.example_results == {}
     switched = example_result(studio, image, labels, template)
