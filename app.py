@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from engine import DEFAULT_MODEL, StudioError
-from engine.imageindex import default_index_dir
+from engine.index.store import default_index_dir
 
 ROOT = Path(__file__).resolve().parent
 MAX_UPLOAD = "50mb"

@@ -9,7 +9,7 @@ import gradio as gr
 from PIL import Image
 
 from engine import StudioError
-from engine.images import open_image
+from engine.model.images import open_image
 
 log = logging.getLogger("app")
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import LoadedModel, StudioError, load_model
-from engine.testmodel import make_test_model
+from engine.model.testmodel import make_test_model
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
-UNTRAINED_WARNING = ("⚠️ **Untrained test model** (random weights): these results are meaningless; "
+UNTRAINED_WARNING = ("⚠️ **Untrained test model** (random weights): results are meaningless; "
                      "they only show that the interface works. Load a real checkpoint in the Models tab.")
 NO_MODEL = "No model is loaded. Open the **Models** tab and load a checkpoint (or the small test model)."
 
@@ -29,16 +29,19 @@ class Studio:
     dtype: str | None = None
     model: LoadedModel | None = None
     load_error: str | None = None
-    running_job: str | None = None
+    running_job: str | None = None  # what runs on the current model now, in words for a refusal message
+    loading: bool = False  # a model load is under way
     example_results: dict = field(default_factory=dict)  # (image sha256, labels, template) → result, this model and setting
     _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def load(self, name: str, device: str | None = None, dtype: str | None = None) -> LoadedModel:
         with self._guard:
+            if self.loading:
+                raise StudioError("Another model is being loaded; wait for it to finish, then load again.")
             if self.running_job:
                 raise StudioError(f"Model switch refused: “{self.running_job}” is running on the current model. "
                                   "Wait for it to finish, then load again.")
-            self.running_job = "loading a model"
+            self.loading = True
         try:
             model = load_model(name, device=device or self.device, dtype=dtype or self.dtype)
             self.model, self.load_error, self.example_results = model, None, {}
@@ -47,7 +50,7 @@ class Studio:
             self.load_error = str(error)
             raise
         finally:
-            self.running_job = None
+            self.loading = False
 
     def load_test_model(self, arch: str = "naflex") -> LoadedModel:
         folder = Path(tempfile.gettempdir()) / f"siglip2-studio-test-model-{arch}"
@@ -72,7 +75,7 @@ class Studio:
         """Run `name` on the current model; a model switch meanwhile is refused."""
         with self._guard:
             model = self.require_model()
-            if self.running_job == "loading a model":
+            if self.loading:
                 raise StudioError("A model is being loaded; try again in a moment.")
             self.running_job = name
         try:
@@ -95,7 +98,7 @@ class Studio:
 
     def notes(self, warnings: list[str] = (), failures=()) -> str:
         """Markdown for a result: the untrained-model banner, warnings and skipped inputs."""
-        lines = [UNTRAINED_WARNING] if self.model is not None and self.model.is_test_model else []
+        lines = [UNTRAINED_WARNING] if self.model is not None and self.model.untrained else []
         lines += [f"- ⚠️ {w}" for w in warnings]
         lines += [f"- ⛔ {f}" for f in failures]
         return "\n".join(lines)

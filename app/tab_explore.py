@@ -10,9 +10,8 @@ import numpy as np
 import plotly.graph_objects as go
 
 from engine import StudioError
-from engine.encode import encode_texts
-from engine.imageindex import ImageIndex, list_indexes
-from engine.project import DEFAULT_MAX_POINTS, cluster_colours, label_colours, project_index
+from engine.explore.map import DEFAULT_MAX_POINTS, ExploreMap, explore_index
+from engine.index.store import ImageIndex, list_indexes
 
 from .common import MODEL_QUEUE, gpu, thumbnail, user_errors
 from .studio import Studio
@@ -41,7 +40,16 @@ CLICK_BRIDGE = """
 """
 
 
-def figure(coords, colours, names, ids, query_point=None, query_text="") -> go.Figure:
+def map_caption(explored: ExploreMap) -> str:
+    projection = explored.projection
+    shown = (f"{len(projection.image_ids):,} of {projection.total:,} images (random subsample)"
+             if projection.subsampled else f"all {projection.total:,} images")
+    return f"{projection.method.upper()} map of {shown}."
+
+
+def figure(explored: ExploreMap) -> go.Figure:
+    coords, colours, names = explored.projection.coords, explored.colours, explored.paths
+    ids, query_point, query_text = explored.projection.image_ids, explored.query_point, explored.query
     fig = go.Figure()
     for colour in sorted(set(colours)):
         members = [i for i, c in enumerate(colours) if c == colour]
@@ -83,23 +91,9 @@ def build(studio: Studio) -> None:
         if not (name or "").strip():
             raise StudioError("Choose an index to explore, or build one in the Search tab.")
         with studio.job("drawing the map") as model, ImageIndex.open(name, studio.index_dir) as index:
-            index.check_model(model)
-            projection = project_index(index, max_points=int(limit))
-            if not len(projection.image_ids):
-                raise StudioError(f"Index {name!r} is empty.")
-            records = index.catalog.images(projection.image_ids)
-            names = [records[int(i)].paths[0] for i in projection.image_ids]
-            if how == "zero-shot label":
-                colours = label_colours(model, projection.vectors, label_text or "")
-            else:
-                colours = [f"cluster {c}" for c in cluster_colours(projection.vectors, int(k))]
-            point, gallery = None, []
-            if (text or "").strip():
-                vector = encode_texts(model, [text]).vectors[0]
-                point = projection.place(vector)
-                gallery = [(thumbnail(names[i]), Path(names[i]).name) for i in projection.nearest(vector)]
-        fig = figure(projection.coords, colours, names, projection.image_ids, point, text)
-        return fig, "\n\n".join(x for x in (projection.describe() + ".", studio.notes()) if x), \
+            explored = explore_index(index, model, how, int(k), label_text or "", text or "", int(limit))
+        gallery = [(thumbnail(path), Path(path).name) for path in explored.nearest_paths]
+        return figure(explored), "\n\n".join(x for x in (map_caption(explored), studio.notes()) if x), \
             [g for g in gallery if g[0] is not None]
 
     @user_errors

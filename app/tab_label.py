@@ -3,16 +3,15 @@ threshold, editable labels and exports (CSV, JSONL, ImageFolder zip)."""
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
 import gradio as gr
 
 from engine import StudioError
-from engine.export import LabelAssignment, assign_labels, export_csv, export_imagefolder, export_jsonl
-from engine.images import IMAGE_EXTENSIONS, read_file_bytes
-from engine.zeroshot import DEFAULT_TEMPLATES, classify, prepare_labels
+from engine.label.export import LabelAssignment, assign_labels, write_exports
+from engine.label.zeroshot import DEFAULT_TEMPLATES, classify, parse_templates, prepare_labels
+from engine.model.images import find_images, read_file_bytes
 
 from .common import MODEL_QUEUE, ImageInput, gpu, progress_callback, uploaded_paths, user_errors
 from .studio import ROOT, Studio
@@ -24,22 +23,13 @@ TEMPLATE_HELP = "Prompt template(s), one per line; {} stands for the label ({} a
 MAX_BATCH_IMAGES = 5000
 
 
-def _templates(template: str) -> list[str]:
-    lines = [t.strip() for t in (template or "").splitlines() if t.strip()]
-    return lines or ["{}"]
-
-
-def _folder_images(folder: Path) -> list[str]:
-    return sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-
-
 def classify_one(studio: Studio, image_path: str | None, label_text: str, template_text: str,
                  bias: float | None = None) -> tuple[dict[str, float], str]:
     """Probability per label for one image, and the notes to show with them."""
     if not image_path:
         raise StudioError("Upload an image first.")
     with studio.job("labelling an image") as model:
-        result = classify(model, [image_path], label_text or "", _templates(template_text), bias=bias)
+        result = classify(model, [image_path], label_text or "", parse_templates(template_text), bias=bias)
     if result.failures:
         failure = result.failures[0]
         raise StudioError(f"{Path(failure.source).name}: {failure.reason}")
@@ -74,23 +64,29 @@ def cache_examples(studio: Studio) -> int:
 
 def build(studio: Studio) -> None:
     with gr.Tab("One image"):
-        with gr.Row():
-            with gr.Column():
-                image = ImageInput(type="filepath", label="Image", sources=["upload", "clipboard"], height=320,
-                                   elem_id="label-image")
-                labels = gr.Textbox(DEFAULT_LABELS, label="Labels (comma or newline separated, any language)", lines=3)
-                template = gr.Textbox(DEFAULT_TEMPLATE, label=TEMPLATE_HELP, lines=2)
-                bias = gr.Slider(-20, 5, value=-10, step=0.1, label="Logit bias (model's own by default; "
-                                 "moves every probability, as in the SigLIP 2 demo)")
-                use_model_bias = gr.Checkbox(True, label="Use the model's own bias")
-                run = gr.Button("Label", variant="primary")
-            with gr.Column():
-                scores = gr.Label(label="Sigmoid probability per label (independent, not summing to 1)",
-                                  elem_id="label-scores")
-                notes = gr.Markdown(elem_id="label-notes")
-        rows = example_rows()
-        examples = gr.Examples(rows, [image, labels, template], cache_examples=False,
-                               label="Examples (drawn by this project, CC0): click one to label it") if rows else None
+        _build_one(studio)
+    with gr.Tab("Many images"):
+        _build_many(studio)
+
+
+def _build_one(studio: Studio) -> None:
+    with gr.Row():
+        with gr.Column():
+            image = ImageInput(type="filepath", label="Image", sources=["upload", "clipboard"], height=320,
+                               elem_id="label-image")
+            labels = gr.Textbox(DEFAULT_LABELS, label="Labels (comma or newline separated, any language)", lines=3)
+            template = gr.Textbox(DEFAULT_TEMPLATE, label=TEMPLATE_HELP, lines=2)
+            bias = gr.Slider(-20, 5, value=-10, step=0.1, label="Logit bias (model's own by default; "
+                             "moves every probability, as in the SigLIP 2 demo)")
+            use_model_bias = gr.Checkbox(True, label="Use the model's own bias")
+            run = gr.Button("Label", variant="primary")
+        with gr.Column():
+            scores = gr.Label(label="Sigmoid probability per label (independent, not summing to 1)",
+                              elem_id="label-scores")
+            notes = gr.Markdown(elem_id="label-notes")
+    rows = example_rows()
+    examples = gr.Examples(rows, [image, labels, template], cache_examples=False,
+                           label="Examples (drawn by this project, CC0): click one to label it") if rows else None
 
     @gpu
     @user_errors
@@ -111,60 +107,64 @@ def build(studio: Studio) -> None:
         examples.load_input_event.then(show_example, [image, labels, template], [scores, notes], api_name=False,
                                        concurrency_id=MODEL_QUEUE)
 
-    with gr.Tab("Many images"):
-        with gr.Row():
-            with gr.Column():
-                files = gr.File(file_count="multiple", file_types=["image"], type="filepath", label="Upload images")
-                folder = gr.Textbox(label="…or a folder on the server (inside the allowed roots)")
-                batch_labels = gr.Textbox(DEFAULT_LABELS, label="Labels", lines=3)
-                batch_template = gr.Textbox(DEFAULT_TEMPLATE, label=TEMPLATE_HELP, lines=2)
-                with gr.Row():
-                    threshold = gr.Slider(0, 1, value=0.1, step=0.01, label="Probability threshold")
-                    mode = gr.Radio(["multi", "single"], value="multi", label="Labels per image")
-                label_all = gr.Button("Label all", variant="primary")
-            with gr.Column():
-                batch_notes = gr.Markdown(elem_id="batch-notes")
-                table = gr.Dataframe(headers=["image", "labels", "top probabilities"], interactive=True,
-                                     label="Results (edit the labels column, then export again)", wrap=True)
-                export_again = gr.Button("Export the edited labels")
-                exports = gr.File(label="Exports: CSV, JSONL, ImageFolder (zip)", file_count="multiple")
-        result_state = gr.State()
 
-    def _write_exports(result, assignments: list[LabelAssignment]) -> list[str]:
-        out = Path(tempfile.mkdtemp(prefix="labels-"))
-        csv_path = export_csv(result, assignments, out / "labels.csv")
-        jsonl_path = export_jsonl(result, assignments, out / "labels.jsonl")
-        folder_path = export_imagefolder(assignments, out / "imagefolder")
-        archive = shutil.make_archive(str(out / "imagefolder"), "zip", folder_path)
-        return [str(csv_path), str(jsonl_path), archive]
+def _export_files(result, assignments: list[LabelAssignment]) -> list[str]:
+    return [str(path) for path in write_exports(result, assignments, tempfile.mkdtemp(prefix="labels-")).paths()]
 
-    def _rows(result, assignments):
-        rows = []
-        for row, assignment in enumerate(assignments):
-            tops = ", ".join(f"{label} {p:.3f}" for label, p in result.top(row, 3))
-            rows.append([assignment.image, "; ".join(assignment.labels), tops])
-        return rows
+
+def _table_rows(result, assignments: list[LabelAssignment]) -> list[list[str]]:
+    return [[assignment.image, "; ".join(assignment.labels),
+             ", ".join(f"{label} {p:.3f}" for label, p in result.top(row, 3))]
+            for row, assignment in enumerate(assignments)]
+
+
+def label_images(studio: Studio, paths: list[str], server_folder: str, label_text: str, template_text: str,
+                 progress=None):
+    """Label uploaded files plus a server folder's images; returns the result and folder entries skipped."""
+    problems: list[tuple[str, str]] = []
+    if server_folder and server_folder.strip():
+        found, problems = find_images(studio.check_folder(server_folder))
+        paths = paths + found
+    if not paths:
+        raise StudioError("No images: upload some, or give a server folder that holds images.")
+    if len(paths) > MAX_BATCH_IMAGES:
+        raise StudioError(f"{len(paths)} images is more than {MAX_BATCH_IMAGES} for one run; "
+                          "use the command line (python -m engine classify) for larger sets.")
+    with studio.job("labelling images") as model:
+        label_set = prepare_labels(model, label_text or "", parse_templates(template_text))
+        return classify(model, paths, label_set, progress=progress), problems
+
+
+def _build_many(studio: Studio) -> None:
+    with gr.Row():
+        with gr.Column():
+            files = gr.File(file_count="multiple", file_types=["image"], type="filepath", label="Upload images")
+            folder = gr.Textbox(label="…or a folder on the server (inside the allowed roots)")
+            batch_labels = gr.Textbox(DEFAULT_LABELS, label="Labels", lines=3)
+            batch_template = gr.Textbox(DEFAULT_TEMPLATE, label=TEMPLATE_HELP, lines=2)
+            with gr.Row():
+                threshold = gr.Slider(0, 1, value=0.1, step=0.01, label="Probability threshold")
+                mode = gr.Radio(["multi", "single"], value="multi", label="Labels per image")
+            label_all = gr.Button("Label all", variant="primary")
+        with gr.Column():
+            batch_notes = gr.Markdown(elem_id="batch-notes")
+            table = gr.Dataframe(headers=["image", "labels", "top probabilities"], interactive=True,
+                                 label="Results (edit the labels column, then export again)", wrap=True)
+            export_again = gr.Button("Export the edited labels")
+            exports = gr.File(label="Exports: CSV, JSONL, ImageFolder (zip)", file_count="multiple")
+    result_state = gr.State()
 
     @gpu
     @user_errors
     def do_label_batch(uploaded, server_folder: str, label_text: str, template_text: str, cut: float, how: str,
                        progress=gr.Progress()):
-        paths = uploaded_paths(uploaded)
-        if server_folder and server_folder.strip():
-            paths += _folder_images(studio.check_folder(server_folder))
-        if not paths:
-            raise StudioError("No images: upload some, or give a server folder that holds images.")
-        if len(paths) > MAX_BATCH_IMAGES:
-            raise StudioError(f"{len(paths)} images is more than {MAX_BATCH_IMAGES} for one run; "
-                              "use the command line (python -m engine classify) for larger sets.")
-        with studio.job("labelling images") as model:
-            label_set = prepare_labels(model, label_text or "", _templates(template_text))
-            result = classify(model, paths, label_set, progress=progress_callback(progress, "labelling"))
+        result, problems = label_images(studio, uploaded_paths(uploaded), server_folder, label_text,
+                                        template_text, progress_callback(progress, "labelling"))
         assignments = assign_labels(result, cut, how)
-        notes = studio.notes(result.warnings, result.failures)
+        notes = studio.notes(result.warnings, list(result.failures) + [f"{p}: {r}" for p, r in problems])
         summary = f"Labelled {len(result.sources)} image(s) with {len(result.labels)} label(s)."
-        return _rows(result, assignments), "\n\n".join(x for x in (summary, notes) if x), \
-            _write_exports(result, assignments), result
+        return _table_rows(result, assignments), "\n\n".join(x for x in (summary, notes) if x), \
+            _export_files(result, assignments), result
 
     @user_errors
     def do_export(rows, result):
@@ -175,9 +175,8 @@ def build(studio: Studio) -> None:
                   for r in data]
         if [a.image for a in edited] != result.sources:
             raise StudioError("The table's rows no longer match the labelled images; label again.")
-        return _write_exports(result, edited)
+        return _export_files(result, edited)
 
     label_all.click(do_label_batch, [files, folder, batch_labels, batch_template, threshold, mode],
                     [table, batch_notes, exports, result_state], api_name="label_batch", concurrency_id=MODEL_QUEUE)
     export_again.click(do_export, [table, result_state], exports, api_name="export_labels")
-

@@ -7,7 +7,14 @@ import gradio as gr
 from engine import CHECKPOINTS, DEFAULT_MODEL, StudioError
 
 from .common import MODEL_QUEUE, user_errors
-from .studio import Studio
+from .studio import UNTRAINED_WARNING, Studio
+
+
+def image_setting_text(model) -> str:
+    """'224×224' for a fixed-resolution model, 'NaFlex, 256 patches' for a NaFlex one."""
+    if model.arch == "fixed":
+        return "×".join(str(side) for side in model.image_setting)
+    return f"NaFlex, {model.image_setting[0]} patches"
 
 
 def model_summary(studio: Studio) -> str:
@@ -16,11 +23,11 @@ def model_summary(studio: Studio) -> str:
         why = f"\n\n**Why:** {studio.load_error}" if studio.load_error else ""
         return f"### No model loaded{why}"
     lines = [f"### Loaded: `{model.name}`",
-             "⚠️ **Untrained test model** — random weights; every result is meaningless." if model.is_test_model else "",
+             UNTRAINED_WARNING if model.untrained else "",
              "| | |", "|---|---|",
              f"| architecture | {'NaFlex (Siglip2Model)' if model.arch == 'naflex' else 'fixed resolution (SiglipModel)'} |",
              f"| patch size | {model.patch_size} |",
-             f"| {'sequence length' if model.arch == 'naflex' else 'resolution'} | {model.resolution_label} |",
+             f"| {'sequence length' if model.arch == 'naflex' else 'resolution'} | {image_setting_text(model)} |",
              f"| parameters | {model.num_parameters / 1e6:.1f} M |",
              f"| weights in memory | {model.memory_bytes / 2**20:.0f} MiB |",
              f"| device, dtype | {model.device.type}, {str(model.dtype).replace('torch.', '')} |",
@@ -37,9 +44,8 @@ def banner(studio: Studio) -> gr.Markdown:
         text = ("⛔ **No model loaded.** " + (studio.load_error or "")
                 + " Use the **Models** tab to load a checkpoint, a local folder, or the small test model.")
         return gr.Markdown(text, visible=True)
-    if studio.model.is_test_model:
-        return gr.Markdown("⚠️ An **untrained test model** is loaded: results only show that the interface works.",
-                           visible=True)
+    if studio.model.untrained:
+        return gr.Markdown(UNTRAINED_WARNING, visible=True)
     return gr.Markdown("", visible=False)
 
 

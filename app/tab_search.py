@@ -3,21 +3,17 @@ compare the same query across languages."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import gradio as gr
 
 from engine import StudioError
-from engine.imageindex import ImageIndex, index_path, list_indexes
-from engine.indexer import build_index
-from engine.search import QueryTerm, compare_queries, parse_query, search
+from engine.index.build import BuildSummary, build_index, stage_uploads
+from engine.index.search import QueryTerm, compare_queries, parse_query, search
+from engine.index.store import ImageIndex, index_path, list_indexes
 
 from .common import MODEL_QUEUE, ImageInput, gpu, progress_callback, thumbnail, uploaded_paths, user_errors
 from .studio import Studio
-
-UPLOADS = ".uploads"  # under the index folder; index names cannot start with a dot
-
 
 def _gallery(result) -> list[tuple]:
     items = []
@@ -35,7 +31,29 @@ def _hits_note(studio: Studio, result, index_name: str) -> str:
     return "\n\n".join(x for x in (head, studio.notes(result.warnings)) if x)
 
 
+def open_index(studio: Studio, name: str) -> ImageIndex:
+    if not (name or "").strip():
+        raise StudioError("Choose an index to search, or build one first.")
+    return ImageIndex.open(name, studio.index_dir)
+
+
+def build_summary_text(summary: BuildSummary) -> str:
+    """Markdown for a finished build: what changed, what the index holds, each skipped file."""
+    lines = [f"**{summary.name}**: {summary.images} images ({summary.files} files), {summary.index_type}.",
+             f"{summary.scanned} files scanned in {summary.seconds:.1f} s: {summary.encoded} encoded "
+             f"({summary.rate:.1f}/s), {summary.linked} linked to stored content, {summary.unchanged} unchanged, "
+             f"{summary.removed} removed, {len(summary.skipped)} skipped."]
+    lines += [f"- ⛔ {Path(path).name}: {reason}" for path, reason in summary.skipped]
+    return "\n\n".join(lines)
+
+
 def build(studio: Studio) -> dict:
+    index_name = _build_search(studio)
+    _build_compare(studio, index_name)
+    return {"index_name": index_name}
+
+
+def _build_search(studio: Studio) -> gr.Dropdown:
     refresh_choices = lambda: gr.Dropdown(choices=list_indexes(studio.index_dir))  # noqa: E731
     with gr.Row():
         with gr.Column(scale=1):
@@ -62,45 +80,29 @@ def build(studio: Studio) -> dict:
                 image_button = gr.Button("Search by image (+ text)")
             search_notes = gr.Markdown(elem_id="search-notes")
             gallery = gr.Gallery(label="Results", columns=4, height=480, elem_id="search-gallery")
-    with gr.Accordion("Compare languages", open=False):
-        languages = gr.Textbox(label="The same query in several languages, one per line",
-                               value="a dog on the beach\nun chien sur la plage\nein Hund am Strand\n海滩上的狗", lines=4)
-        compare_button = gr.Button("Compare")
-        compare_table = gr.Dataframe(label="Top results per language", interactive=False)
-        overlap_table = gr.Dataframe(label="Overlap of the top-k between languages (shared results / k)",
-                                     interactive=False)
 
     @gpu
     @user_errors
     def do_build(name: str, uploaded, server_folder: str, progress=gr.Progress()):
         name = (name or "").strip()
-        target = index_path(name, studio.index_dir)  # validates the name first
+        index_path(name, studio.index_dir)  # a bad name is refused before anything is copied
         paths = uploaded_paths(uploaded)
         if server_folder and server_folder.strip():
             if paths:
                 raise StudioError("Give either uploaded images or a server folder, not both.")
             source = studio.check_folder(server_folder)
         elif paths:
-            source = Path(studio.index_dir) / UPLOADS / target.name
-            source.mkdir(parents=True, exist_ok=True)
-            for path in paths:
-                shutil.copy2(path, source / Path(path).name)
+            source = stage_uploads(paths, name, studio.index_dir)
         else:
             raise StudioError("Upload images or give a server folder to index.")
         with studio.job(f"building index {name}") as model:
             summary = build_index(model, source, name, studio.index_dir,
                                   progress=progress_callback(progress, "indexing"))
-        text = summary.describe().replace("\n", "\n\n")
-        return "\n\n".join(x for x in (text, studio.notes()) if x), gr.Dropdown(
+        return "\n\n".join(x for x in (build_summary_text(summary), studio.notes()) if x), gr.Dropdown(
             choices=list_indexes(studio.index_dir), value=name)
 
-    def _open(name: str) -> ImageIndex:
-        if not (name or "").strip():
-            raise StudioError("Choose an index to search, or build one first.")
-        return ImageIndex.open(name, studio.index_dir)
-
     def _run(name: str, terms, n: int, cut: float, path_part: str):
-        with studio.job("searching") as model, _open(name) as index:
+        with studio.job("searching") as model, open_index(studio, name) as index:
             return search(index, model, terms, k=int(n), min_score=None if cut <= -1 else cut,
                           path_contains=(path_part or "").strip() or None)
 
@@ -120,19 +122,6 @@ def build(studio: Studio) -> dict:
         result = _run(name, terms, n, cut, path_part)
         return _gallery(result), _hits_note(studio, result, name)
 
-    @gpu
-    @user_errors
-    def do_compare(name: str, lines: str, n: int = 12):
-        queries = [line.strip() for line in (lines or "").splitlines() if line.strip()]
-        with studio.job("comparing queries") as model, _open(name) as index:
-            comparison = compare_queries(index, model, queries, int(n))
-        top = [[Path(h.path).name for h in r.hits] for r in comparison.results]
-        depth = max(len(t) for t in top)
-        rows = [[rank + 1] + [t[rank] if rank < len(t) else "" for t in top] for rank in range(depth)]
-        overlap = [[q] + [f"{share:.2f}" for share in row] for q, row in zip(queries, comparison.overlap)]
-        return (gr.Dataframe(rows, headers=["rank"] + queries),
-                gr.Dataframe(overlap, headers=["query"] + queries))
-
     build_button.click(do_build, [new_name, files, folder], [build_notes, index_name], api_name="build_index",
                        concurrency_id=MODEL_QUEUE)
     text_inputs = [index_name, query, k, min_score, path_filter]
@@ -141,7 +130,32 @@ def build(studio: Studio) -> dict:
     query.submit(do_search_text, text_inputs, [gallery, search_notes], api_name=False, concurrency_id=MODEL_QUEUE)
     image_button.click(do_search_image, [index_name, query_image, image_weight, query, k, min_score, path_filter],
                        [gallery, search_notes], api_name="search_image", concurrency_id=MODEL_QUEUE)
+    index_name.focus(refresh_choices, None, index_name, api_name=False, queue=False)
+    return index_name
+
+
+def _build_compare(studio: Studio, index_name: gr.Dropdown) -> None:
+    with gr.Accordion("Compare languages", open=False):
+        languages = gr.Textbox(label="The same query in several languages, one per line",
+                               value="a dog on the beach\nun chien sur la plage\nein Hund am Strand\n海滩上的狗", lines=4)
+        k = gr.Slider(1, 50, value=12, step=1, label="Results per language (k)")
+        compare_button = gr.Button("Compare")
+        compare_table = gr.Dataframe(label="Top results per language", interactive=False)
+        overlap_table = gr.Dataframe(label="Overlap of the top-k between languages (shared results / k)",
+                                     interactive=False)
+
+    @gpu
+    @user_errors
+    def do_compare(name: str, lines: str, n: int = 12):
+        queries = [line.strip() for line in (lines or "").splitlines() if line.strip()]
+        with studio.job("comparing queries") as model, open_index(studio, name) as index:
+            comparison = compare_queries(index, model, queries, int(n))
+        top = [[Path(h.path).name for h in r.hits] for r in comparison.results]
+        depth = max(len(t) for t in top)
+        rows = [[rank + 1] + [t[rank] if rank < len(t) else "" for t in top] for rank in range(depth)]
+        overlap = [[q] + [f"{share:.2f}" for share in row] for q, row in zip(queries, comparison.overlap)]
+        return (gr.Dataframe(rows, headers=["rank"] + queries),
+                gr.Dataframe(overlap, headers=["query"] + queries))
+
     compare_button.click(do_compare, [index_name, languages, k], [compare_table, overlap_table],
                          api_name="compare_languages", concurrency_id=MODEL_QUEUE)
-    index_name.focus(refresh_choices, None, index_name, api_name=False, queue=False)
-    return {"index_name": index_name}

@@ -15,7 +15,7 @@ OUT = Path(__file__).resolve().parent / "out"
 
 def checkpoint(arch: str, size: str) -> Path:
     """A generated (random-weight) checkpoint, made once and kept in bench/out/."""
-    from engine.testmodel import make_test_model
+    from engine.model.testmodel import make_test_model
 
     directory = OUT / f"{size}-{arch}"
     if not (directory / "model.safetensors").exists():

@@ -39,7 +39,7 @@ def main() -> None:
     from transformers import AutoImageProcessor
 
     from engine import load_model
-    from engine.encode import encode_images
+    from engine.model.encode import encode_images
 
     print(f"machine: {machine()}")
     paths = photos(args.images)
@@ -52,7 +52,7 @@ def main() -> None:
         engine_s, _ = timed(encode_images, model, decoded, batch_size=args.batch)
         plain_s, _ = timed(plain_transformers, model.model, processor, decoded, args.batch)
         files_s, _ = timed(encode_images, model, paths, batch_size=args.batch)
-        label = f"{args.size} {arch} ({model.resolution_label}), {model.device.type} {str(model.dtype)[6:]}"
+        label = f"{args.size} {arch} ({model.image_setting}), {model.device.type} {str(model.dtype)[6:]}"
         print(f"{label}: engine {len(decoded) / engine_s:7.2f} img/s | transformers plain "
               f"{len(decoded) / plain_s:7.2f} img/s | ratio {plain_s / engine_s:.2f}x | engine from JPEG files "
               f"{len(paths) / files_s:7.2f} img/s")

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from bench.common import checkpoint, machine, photos  # noqa: E402
-from engine import vectorindex as vi  # noqa: E402
+from engine.index import vectors as vi  # noqa: E402
 
 DIM = 768
 CHUNK = 100_000
@@ -124,9 +124,9 @@ def bench_vectors(count: int, factory: str | None = None) -> None:
 
 def bench_build_throughput(files: int, size: str) -> None:
     from engine import load_model
-    from engine.encode import embed_pixel_batch
-    from engine.images import open_image
-    from engine.indexer import build_index
+    from engine.model.encode import embed_pixel_batch
+    from engine.model.images import open_image
+    from engine.index.build import build_index
 
     model = load_model(str(checkpoint("naflex", size)))
     paths = photos(files)

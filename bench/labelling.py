@@ -31,7 +31,7 @@ def main() -> None:
     from transformers import pipeline
 
     from engine import load_model
-    from engine.zeroshot import classify
+    from engine.label.zeroshot import classify
 
     directory = checkpoint(args.arch, args.size)
     paths = photos(args.images)

@@ -1,10 +1,14 @@
-"""SigLIP 2 Studio engine: load, preprocess, encode, label, index and search. Never imports the UI."""
+"""SigLIP 2 Studio engine: load, preprocess, encode, label, index, search and explore. Never imports the UI.
 
-from .errors import ImageReadError, IndexStoreError, LabelError, ModelLoadError, QueryError, StudioError
-from .models import LoadedModel, load_model
-from .registry import CHECKPOINTS, DEFAULT_MODEL, Checkpoint, find_checkpoint
+Sub-packages, each depending only on those before it: `model` ← `label`, `index` ← `explore` ← `cli`.
+"""
+
+from .errors import (ImageReadError, IndexStoreError, InspectError, LabelError, ModelLoadError, QueryError,
+                     StudioError, TrainError)
+from .model.loading import LoadedModel, load_model
+from .model.registry import CHECKPOINTS, DEFAULT_MODEL, Checkpoint, find_checkpoint
 
 __all__ = [
-    "CHECKPOINTS", "DEFAULT_MODEL", "Checkpoint", "ImageReadError", "IndexStoreError", "LabelError",
-    "LoadedModel", "ModelLoadError", "QueryError", "StudioError", "find_checkpoint", "load_model",
+    "CHECKPOINTS", "DEFAULT_MODEL", "Checkpoint", "ImageReadError", "IndexStoreError", "InspectError", "LabelError",
+    "LoadedModel", "ModelLoadError", "QueryError", "StudioError", "TrainError", "find_checkpoint", "load_model",
 ]

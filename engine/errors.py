@@ -28,3 +28,11 @@ class IndexStoreError(StudioError):
 
 class QueryError(StudioError):
     """A search query cannot be parsed or run."""
+
+
+class InspectError(StudioError):
+    """An inspection view cannot be computed as asked (sequence length, query, patch outside the grid)."""
+
+
+class TrainError(StudioError):
+    """A fine-tuning or evaluation run cannot start or go on (data, device, settings)."""

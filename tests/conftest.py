@@ -14,14 +14,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def naflex_dir(tmp_path_factory):
-    from engine.testmodel import make_test_model
+    from engine.model.testmodel import make_test_model
 
     return make_test_model(tmp_path_factory.mktemp("naflex"), arch="naflex", seed=1)
 
 
 @pytest.fixture(scope="session")
 def fixed_dir(tmp_path_factory):
-    from engine.testmodel import make_test_model
+    from engine.model.testmodel import make_test_model
 
     return make_test_model(tmp_path_factory.mktemp("fixed"), arch="fixed", seed=2)
 

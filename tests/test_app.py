@@ -78,7 +78,7 @@ def test_label_batch_and_exports(client, photo_root):
         lines = list(csv.reader(handle))
     assert lines[0] == ["image", "labels", "p(cat)", "p(dog)", "p(car)"] and len(lines) == 9
     records = [json.loads(line) for line in open(by_name["labels.jsonl"], encoding="utf-8")]
-    assert len(records) == 8 and records[0]["untrained_model"] is True
+    assert len(records) == 8 and records[0]["untrained"] is True
     with zipfile.ZipFile(by_name["imagefolder.zip"]) as archive:
         folders = {name.split("/")[0] for name in archive.namelist()}
     assert folders == {"cat", "dog", "car"}

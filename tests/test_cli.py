@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from engine.zeroshot import classify
+from engine.label.zeroshot import classify
 
 
 def run_cli(*args, check=True):
@@ -30,7 +30,7 @@ def test_make_test_model_and_embed(tmp_path, image_files):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     listing = json.loads(out.with_suffix(".json").read_text())
     assert [r["input"] for r in listing["rows"]] == [str(image_files[0]), str(image_files[1]), "a cat", "Ein Hund"]
-    assert listing["failed"][0]["input"] == str(broken) and listing["untrained_model"] is True
+    assert listing["failed"][0]["input"] == str(broken) and listing["untrained"] is True
     assert "broken.png" in result.stderr
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from engine.indexer import build_index
+from engine.index.build import build_index
 from test_index import assert_consistent, make_folder
 
 

@@ -7,8 +7,8 @@ from transformers import AutoImageProcessor
 
 from conftest import random_image
 from engine import load_model
-from engine.encode import encode_images, encode_texts
-from engine.testmodel import make_test_model
+from engine.model.encode import encode_images, encode_texts
+from engine.model.testmodel import make_test_model
 from test_text import independent_reference_ids
 
 

@@ -9,12 +9,13 @@ import pytest
 from PIL import Image
 
 from conftest import random_image
-from engine.encode import encode_images
+from engine.model.encode import encode_images
 from engine.errors import IndexStoreError, QueryError
-from engine.imageindex import ImageIndex, index_path, list_indexes, remove_index
-from engine.indexer import build_index
-from engine.search import compare_queries, embed_query, parse_query, search
-from engine import vectorindex as vi
+from engine.index.store import ImageIndex, index_path, list_indexes, remove_index
+from engine.cli.index import describe_build
+from engine.index.build import build_index
+from engine.index.search import compare_queries, embed_query, parse_query, search
+from engine.index import vectors as vi
 
 
 def make_folder(root, count=12, start=0):
@@ -86,7 +87,7 @@ def test_search_equals_brute_force(naflex_model, tmp_path):
         np.testing.assert_allclose([h.score for h in result.hits], np.sort(scores)[::-1][:5], atol=1e-5)
         expected_p = 1 / (1 + np.exp(-(naflex_model.logit_scale * result.hits[0].score + naflex_model.logit_bias)))
         assert abs(result.hits[0].probability - expected_p) < 1e-5
-        assert result.untrained_model
+        assert result.untrained
 
 
 def test_image_and_combined_queries_threshold_and_filter(naflex_model, tmp_path):
@@ -155,7 +156,7 @@ def test_bad_files_skipped_with_reasons(naflex_model, tmp_path):
     assert summary.images == 3 and summary.files == 4  # the newline-named copy is linked
     with ImageIndex.open("bad", index_dir) as index:
         assert len(index.catalog.skipped()) == 5
-    assert "skipped" in summary.describe()
+    assert "skipped" in describe_build(summary)
 
 
 def test_names_cannot_escape(tmp_path):
@@ -168,7 +169,7 @@ def test_names_cannot_escape(tmp_path):
 
 def test_other_model_is_refused(naflex_model, fixed_model, naflex_dir, tmp_path):
     from engine import load_model
-    from engine.testmodel import make_test_model
+    from engine.model.testmodel import make_test_model
 
     folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
     make_folder(folder, count=3)

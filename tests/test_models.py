@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from engine import CHECKPOINTS, ModelLoadError, find_checkpoint, load_model
-from engine.models import pick_device, pick_dtype
-from engine.testmodel import make_test_model
+from engine.model.loading import pick_device, pick_dtype
+from engine.model.testmodel import make_test_model
 
 
 def test_registry_has_all_17_checkpoints():
@@ -25,7 +25,8 @@ def test_registry_has_all_17_checkpoints():
 def test_loads_right_class_and_flags_untrained(naflex_model, fixed_model):
     assert type(naflex_model.model).__name__ == "Siglip2Model" and naflex_model.arch == "naflex"
     assert type(fixed_model.model).__name__ == "SiglipModel" and fixed_model.arch == "fixed"
-    assert naflex_model.is_test_model and "UNTRAINED" in naflex_model.describe()
+    assert naflex_model.untrained and fixed_model.untrained
+    assert naflex_model.image_setting == (256,) and fixed_model.image_setting == (224, 224)
     assert naflex_model.model.config._attn_implementation == "sdpa"
     assert abs(naflex_model.logit_scale - 10.0) < 1e-4 and naflex_model.logit_bias == -10.0
 

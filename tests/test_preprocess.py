@@ -12,8 +12,8 @@ from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_s
 
 from conftest import random_image
 from engine.errors import ImageReadError
-from engine.images import open_image, to_rgb
-from engine.preprocess import naflex_size, patchify
+from engine.model.images import open_image, to_rgb
+from engine.model.preprocess import naflex_size, patchify
 
 
 @pytest.mark.parametrize("size, expected", [((2200, 1700), (288, 224)), ((224, 224), (256, 256)),

@@ -10,12 +10,12 @@ import pytest
 
 from conftest import random_image
 from engine.errors import LabelError
-from engine.export import UNLABELLED, assign_labels, export_csv, export_imagefolder, export_jsonl
-from engine.imageindex import ImageIndex
-from engine.index_export import export_index
-from engine.indexer import build_index
-from engine.project import cluster_colours, label_colours, project_index
-from engine.zeroshot import ZeroShotResult, classify
+from engine.label.export import UNLABELLED, assign_labels, export_csv, export_imagefolder, export_jsonl
+from engine.index.store import ImageIndex
+from engine.index.export import export_index
+from engine.index.build import build_index
+from engine.explore.map import cluster_colours, label_colours, project_index
+from engine.label.zeroshot import ZeroShotResult, classify
 
 
 def fake_scores():
@@ -64,7 +64,7 @@ def test_projection_is_cached_and_subsampled(naflex_model, tmp_path):
         cached = project_index(index, max_points=1000)
         np.testing.assert_array_equal(cached.coords, full.coords)
         part = project_index(index, max_points=12)
-        assert part.subsampled and len(part.image_ids) == 12 and "12 of 30" in part.describe()
+        assert part.subsampled and len(part.image_ids) == 12 and part.total == 30
         for projection in (full, cached, part):  # each point carries its own image's vector
             np.testing.assert_array_equal(projection.vectors,
                                           index.catalog.embeddings_for(projection.image_ids, index.dim))

@@ -8,8 +8,8 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-from engine.encode import encode_texts
-from engine.text import TextTokenizer, lowercase_ascii
+from engine.model.encode import encode_texts
+from engine.model.text import TextTokenizer, lowercase_ascii
 
 MULTILINGUAL = [
     "A photo of a CAT",  # Latin

@@ -6,9 +6,9 @@ import torch
 from transformers import AutoImageProcessor
 
 from conftest import random_image
-from engine.encode import encode_texts
+from engine.model.encode import encode_texts
 from engine.errors import LabelError
-from engine.zeroshot import classify, clean_labels, parse_labels, prepare_labels
+from engine.label.zeroshot import classify, clean_labels, parse_labels, prepare_labels
 from test_text import independent_reference_ids
 
 

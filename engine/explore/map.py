@@ -1,16 +1,22 @@
-"""A 2-D map of an index's embeddings (UMAP), coloured by cluster or zero-shot label, cached per index."""
+"""A 2-D map of an index's embeddings (UMAP), coloured by cluster or zero-shot label, cached per index.
+
+It sits above both the index (the points) and labelling (the zero-shot colours).
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .imageindex import ImageIndex
-from .models import LoadedModel
-from .zeroshot import logits_for, prepare_labels
+from ..errors import IndexStoreError, StudioError
+from ..index.store import ImageIndex
+from ..label.zeroshot import prepare_labels
+from ..model.encode import encode_texts
+from ..model.loading import LoadedModel
+from ..model.score import logits_for
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_POINTS = 20_000  # above this a WebGL scatter with thumbnails gets sluggish in a browser
@@ -27,11 +33,6 @@ class Projection:
     @property
     def subsampled(self) -> bool:
         return len(self.image_ids) < self.total
-
-    def describe(self) -> str:
-        shown = f"{len(self.image_ids):,} of {self.total:,} images (random subsample)" if self.subsampled \
-            else f"all {self.total:,} images"
-        return f"{self.method.upper()} map of {shown}"
 
     def nearest(self, vector: np.ndarray, count: int = 12) -> np.ndarray:
         """Row positions of the `count` plotted points most similar to `vector` (dim,), best first."""
@@ -97,3 +98,43 @@ def label_colours(model: LoadedModel, vectors: np.ndarray, label_text: str) -> l
     """The best zero-shot label of each image embedding (n, dim) among the labels in `label_text`."""
     label_set = prepare_labels(model, label_text)
     return [label_set.labels[j] for j in logits_for(model, vectors, label_set.text_vectors).argmax(axis=1)]
+
+
+COLOURINGS = ("cluster", "zero-shot label")
+
+
+@dataclass
+class ExploreMap:
+    """Everything the Explore view draws: the points, their colours, and a text query placed among them."""
+
+    projection: Projection
+    paths: list[str]  # first stored path of each plotted point
+    colours: list[str]  # one group name per point: "cluster 3" or a zero-shot label
+    query: str = ""
+    query_point: np.ndarray | None = None  # (2,) map position of the query, when one was given
+    nearest_paths: list[str] = field(default_factory=list)  # plotted images nearest the query, best first
+    untrained: bool = False
+
+
+def explore_index(index: ImageIndex, model: LoadedModel, colour_by: str = "cluster", clusters: int = 8,
+                  labels: str = "", query: str = "", max_points: int = DEFAULT_MAX_POINTS,
+                  nearest: int = 12) -> ExploreMap:
+    """The map of an index, coloured by k-means cluster or best zero-shot label, with `query` placed on it."""
+    if colour_by not in COLOURINGS:
+        raise StudioError(f"Colour by {colour_by!r}: choose one of {', '.join(COLOURINGS)}.")
+    index.check_model(model)
+    projection = project_index(index, max_points=int(max_points))
+    if not len(projection.image_ids):
+        raise IndexStoreError(f"Index {index.path.name!r} is empty.")
+    records = index.catalog.images(projection.image_ids)
+    paths = [records[int(i)].paths[0] for i in projection.image_ids]
+    if colour_by == "zero-shot label":
+        colours = label_colours(model, projection.vectors, labels or "")
+    else:
+        colours = [f"cluster {c}" for c in cluster_colours(projection.vectors, int(clusters))]
+    result = ExploreMap(projection, paths, colours, untrained=model.untrained)
+    if (query or "").strip():
+        vector = encode_texts(model, [query]).vectors[0]
+        result.query, result.query_point = query, projection.place(vector)
+        result.nearest_paths = [paths[i] for i in projection.nearest(vector, nearest)]
+    return result

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .encode import encode_images, encode_texts
-from .errors import QueryError
-from .imageindex import ImageIndex
-from .images import IMAGE_EXTENSIONS
-from .models import LoadedModel
-from .zeroshot import logits_from_cosine, sigmoid
+from ..errors import QueryError
+from ..model.encode import encode_images, encode_texts
+from ..model.images import IMAGE_EXTENSIONS
+from ..model.loading import LoadedModel
+from ..model.score import probabilities_from_cosine
+from .store import ImageIndex
 
 _SPLIT = re.compile(r"\s+([+-])\s+")
 _WEIGHT = re.compile(r"^(-?\d+(?:\.\d+)?)\s*:\s*(.+)$")
@@ -108,7 +108,7 @@ class SearchResult:
     hits: list[SearchHit]
     terms: list[QueryTerm]
     warnings: list[str] = field(default_factory=list)
-    untrained_model: bool = False
+    untrained: bool = False  # found with a generated, random-weight model
 
 
 def search(index: ImageIndex, model: LoadedModel, query: str | Image.Image | list[QueryTerm], k: int = 20,
@@ -122,7 +122,7 @@ def search(index: ImageIndex, model: LoadedModel, query: str | Image.Image | lis
     hits: list[SearchHit] = []
     if index.index.ntotal and (allowed is None or len(allowed)):
         scores, ids = index.search_vectors(embedded.vector[None, :], k, allowed)
-        probabilities = sigmoid(logits_from_cosine(model, scores[0]))
+        probabilities = probabilities_from_cosine(model, scores[0])
         found = [(float(s), int(i), float(p)) for s, i, p in zip(scores[0], ids[0], probabilities) if i >= 0]
         records = index.catalog.images(i for _, i, _ in found)
         for score, image_id, probability in found:
@@ -134,7 +134,7 @@ def search(index: ImageIndex, model: LoadedModel, query: str | Image.Image | lis
             paths = [p for p in record.paths if not path_contains or path_contains in p] or record.paths
             hits.append(SearchHit(paths[0], paths, score, probability, image_id, record.width, record.height))
     label = query if isinstance(query, str) else "(image)"
-    return SearchResult(label, hits, embedded.terms, embedded.warnings, model.is_test_model)
+    return SearchResult(label, hits, embedded.terms, embedded.warnings, model.untrained)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .faults import crash_point
+from ..faults import crash_point
 
 SCHEMA_VERSION = 1
 

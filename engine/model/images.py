@@ -6,13 +6,14 @@ import hashlib
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import ImageReadError
+from ..errors import ImageReadError
 
 try:  # HEIC/AVIF where the maintained plugin is installed
     import pillow_heif
@@ -123,3 +124,41 @@ def read_file_bytes(path: str | os.PathLike) -> tuple[bytes, str]:
 
 def decode_image_bytes(data: bytes, name: str) -> Image.Image:
     return _decode(name, io.BytesIO(data))
+
+
+@dataclass
+class FileState:
+    path: str
+    size: int
+    mtime_ns: int
+
+
+def scan_folder(folder: Path) -> tuple[list[FileState], list[tuple[str, str]]]:
+    """Image files under `folder` (recursively, symlinked files followed) and unusable entries."""
+    found, problems = [], []
+
+    def on_error(error: OSError):
+        problems.append((error.filename or str(folder), f"cannot be listed ({error.strerror})"))
+
+    for root, dirs, names in os.walk(folder, onerror=on_error):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                problems.append((path, "broken symbolic link"))
+                continue
+            except OSError as error:
+                problems.append((path, f"cannot be read ({error.strerror})"))
+                continue
+            found.append(FileState(path, stat.st_size, stat.st_mtime_ns))
+    return found, problems
+
+
+def find_images(folder: str | Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """Paths of the image files under `folder`, sorted, and (path, reason) for entries that cannot be used."""
+    found, problems = scan_folder(Path(folder))
+    return [state.path for state in found], problems

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import IndexStoreError
-from .imageindex import ImageIndex
+from ..errors import IndexStoreError
+from .store import ImageIndex
 
 FORMATS = ("npy", "parquet")
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .errors import ImageReadError
+from ..errors import ImageReadError
 from .images import ImageInput, open_image, source_name
-from .models import LoadedModel
+from .loading import LoadedModel
 from .preprocess import PatchGrid, PreparedImage
 
 ProgressCallback = Callable[[int, int], None]  # (done, total)

@@ -11,13 +11,13 @@ import logging
 import os
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 from .preprocess import ImagePreprocessor
 from .registry import Checkpoint, find_checkpoint
 from .text import TextTokenizer
@@ -107,7 +107,7 @@ def resolve_checkpoint(name_or_path: str) -> Path:
         raise ModelLoadError(f"Downloading {name_or_path!r} failed: {error}") from None
 
 
-@dataclass
+@dataclass(eq=False)  # identity equality: modules keep per-model caches keyed by the model itself
 class LoadedModel:
     """A SigLIP 2 model with the recipes to feed it. Built by `load_model`."""
 
@@ -119,10 +119,8 @@ class LoadedModel:
     dtype: torch.dtype
     tokenizer: TextTokenizer
     image_preprocessor: ImagePreprocessor
-    is_test_model: bool  # random weights from engine.testmodel: outputs mean nothing
+    untrained: bool  # a generated checkpoint (engine.model.testmodel): random weights, outputs mean nothing
     checkpoint: Checkpoint | None
-    label_cache: dict = field(default_factory=dict, repr=False)
-    fingerprint: list[float] | None = field(default=None, repr=False)  # set by engine.imageindex
 
     @property
     def embed_dim(self) -> int:
@@ -149,18 +147,11 @@ class LoadedModel:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
     @property
-    def resolution_label(self) -> str:
-        """'224×224' for fixed models, 'NaFlex, 256 patches' for NaFlex."""
+    def image_setting(self) -> tuple[int, ...]:
+        """What an image encode depends on besides the weights: (height, width) fixed, (max_patches,) NaFlex."""
         if self.arch == "fixed":
-            height, width = self.image_preprocessor.image_size
-            return f"{height}×{width}"
-        return f"NaFlex, {self.image_preprocessor.max_num_patches} patches"
-
-    def describe(self) -> str:
-        kind = "UNTRAINED test model (random weights: outputs are meaningless)" if self.is_test_model else "checkpoint"
-        return (f"{self.name} — {kind}; {self.arch}, patch {self.patch_size}, {self.resolution_label}, "
-                f"{self.num_parameters / 1e6:.1f}M parameters, {self.memory_bytes / 2**20:.0f} MiB, "
-                f"{self.device.type} {str(self.dtype).replace('torch.', '')}")
+            return tuple(self.image_preprocessor.image_size)
+        return (self.image_preprocessor.max_num_patches,)
 
     def set_max_patches(self, max_num_patches: int) -> None:
         """NaFlex sequence length for later image encodes (trained: 128, 256, 576, 784, 1024)."""
@@ -207,8 +198,8 @@ def load_model(
     loaded = LoadedModel(
         model=model, name=str(name_or_path), directory=directory, arch=arch, device=torch_device,
         dtype=torch_dtype, tokenizer=TextTokenizer.from_checkpoint(directory, lowercase=lowercase),
-        image_preprocessor=preprocessor, is_test_model=(directory / TEST_MODEL_MARKER).exists(),
+        image_preprocessor=preprocessor, untrained=(directory / TEST_MODEL_MARKER).exists(),
         checkpoint=find_checkpoint(str(name_or_path)),
     )
-    log.info("loaded %s", loaded.describe())
+    log.info("loaded %s (%s, %s %s, untrained=%s)", loaded.name, arch, torch_device.type, torch_dtype, loaded.untrained)
     return loaded

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +19,12 @@ import faiss
 import numpy as np
 from filelock import FileLock, Timeout
 
-from . import vectorindex as vi
+from ..errors import IndexStoreError
+from ..faults import crash_point
+from ..model.encode import encode_texts
+from ..model.loading import LoadedModel
+from . import vectors as vi
 from .catalog import SCHEMA_VERSION, Catalog
-from .errors import IndexStoreError
-from .faults import crash_point
-from .models import LoadedModel
 
 INDEX_DIR_ENV = "STUDIO_INDEX_DIR"
 _NAME = re.compile(r"^[\w][\w .-]{0,63}$")
@@ -31,7 +33,7 @@ FINGERPRINT_TEXT = "siglip 2 studio index fingerprint"
 
 
 def default_index_dir() -> Path:
-    return Path(os.environ.get(INDEX_DIR_ENV) or Path(__file__).resolve().parents[1] / "indexes")
+    return Path(os.environ.get(INDEX_DIR_ENV) or Path(__file__).resolve().parents[2] / "indexes")
 
 
 def index_path(name: str, index_dir: str | Path | None = None) -> Path:
@@ -46,13 +48,14 @@ def index_path(name: str, index_dir: str | Path | None = None) -> Path:
     return path
 
 
+_fingerprints: weakref.WeakKeyDictionary[LoadedModel, list[float]] = weakref.WeakKeyDictionary()
+
+
 def model_fingerprint(model: LoadedModel) -> list[float]:
     """The embedding of a fixed text: tells two checkpoints apart whatever their path. Cached per model."""
-    from .encode import encode_texts
-
-    if model.fingerprint is None:
-        model.fingerprint = [round(float(x), 6) for x in encode_texts(model, [FINGERPRINT_TEXT]).vectors[0]]
-    return model.fingerprint
+    if model not in _fingerprints:
+        _fingerprints[model] = [round(float(x), 6) for x in encode_texts(model, [FINGERPRINT_TEXT]).vectors[0]]
+    return _fingerprints[model]
 
 
 @dataclass
@@ -61,7 +64,7 @@ class IndexInfo:
     path: str
     model: str
     arch: str
-    image_setting: str  # "224×224" or "NaFlex, 256 patches"
+    image_setting: list[int]  # fixed: [height, width]; NaFlex: [max_num_patches]
     dim: int
     index_type: str
     search_params: dict
@@ -71,7 +74,7 @@ class IndexInfo:
     skipped: int
     version: int
     schema_version: int
-    untrained_model: bool
+    untrained: bool  # built with a generated, random-weight model
     created_at: float
 
 
@@ -107,9 +110,9 @@ class ImageIndex:
         lock = cls._acquire(path)
         catalog = Catalog(path / "catalog.sqlite")
         catalog.set_meta(
-            model=model.name, arch=model.arch, image_setting=model.resolution_label, dim=model.embed_dim,
+            model=model.name, arch=model.arch, image_setting=list(model.image_setting), dim=model.embed_dim,
             patch_size=model.patch_size, max_num_patches=model.image_preprocessor.max_num_patches,
-            fingerprint=model_fingerprint(model), untrained_model=model.is_test_model,
+            fingerprint=model_fingerprint(model), untrained=model.untrained,
             factory_override=factory, factory="Flat", trained_for=0, search_params={}, recall_estimate=None,
             schema_version=SCHEMA_VERSION, created_at=time.time(), version=0, logit_scale=model.logit_scale,
             logit_bias=model.logit_bias)
@@ -294,7 +297,7 @@ class ImageIndex:
             search_params=meta.get("search_params") or {}, recall_estimate=meta.get("recall_estimate"),
             images=self.catalog.count_images(), files=self.catalog.count_files(),
             skipped=len(self.catalog.skipped()), version=self.catalog.version,
-            schema_version=meta["schema_version"], untrained_model=bool(meta.get("untrained_model")),
+            schema_version=meta["schema_version"], untrained=bool(meta.get("untrained", meta.get("untrained_model"))),
             created_at=meta["created_at"])
 
 

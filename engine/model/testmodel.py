@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .models import TEST_MODEL_MARKER
+from .loading import TEST_MODEL_MARKER
 
 # Multilingual seed text for the small BPE vocabulary (the real models use Gemma's 256k vocabulary).
 _CORPUS = [

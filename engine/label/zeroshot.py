@@ -6,16 +6,19 @@ offered as an explicitly named alternative view.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .encode import ImageFailure, ProgressCallback, encode_images, encode_texts
-from .errors import LabelError
-from .images import ImageInput
-from .models import LoadedModel
-from .text import lowercase_ascii
+from ..errors import LabelError
+from ..model.encode import ImageFailure, ProgressCallback, encode_images, encode_texts
+from ..model.images import ImageInput
+from ..model.loading import LoadedModel
+from ..model.score import logits_for, sigmoid
+from ..model.text import lowercase_ascii
 
 DEFAULT_TEMPLATES = ("this is a photo of {}.",)
 MAX_LABELS = 1000
@@ -29,9 +32,8 @@ def parse_labels(text: str) -> list[str]:
 
 
 def parse_templates(text: str | Sequence[str] | None) -> list[str]:
-    if text is None:
-        return list(DEFAULT_TEMPLATES)
-    items = [t.strip() for t in (text.splitlines() if isinstance(text, str) else text)]
+    """Prompt templates, one per line (or a list); none given: DEFAULT_TEMPLATES."""
+    items = [t.strip() for t in ((text or "").splitlines() if isinstance(text, str) or text is None else text)]
     return [t for t in items if t] or list(DEFAULT_TEMPLATES)
 
 
@@ -72,6 +74,9 @@ def check_templates(templates: Sequence[str]) -> None:
             raise LabelError(f"Prompt template {template!r} must contain '{{}}' exactly once, where the label goes.")
 
 
+_label_sets: weakref.WeakKeyDictionary[LoadedModel, OrderedDict] = weakref.WeakKeyDictionary()
+
+
 def prepare_labels(model: LoadedModel, labels: Sequence[str] | str,
                    templates: Sequence[str] | str | None = None) -> LabelSet:
     """Embed a label set (averaging over templates); cached per model, labels and templates."""
@@ -79,33 +84,18 @@ def prepare_labels(model: LoadedModel, labels: Sequence[str] | str,
     template_list = parse_templates(templates)
     check_templates(template_list)
     key = (tuple(kept), tuple(template_list), model.tokenizer.lowercase)
-    if key in model.label_cache:
-        return model.label_cache[key]
+    cache = _label_sets.setdefault(model, OrderedDict())
+    if key in cache:
+        return cache[key]
     prompts = [template.format(label) for label in kept for template in template_list]
     encoded = encode_texts(model, prompts)
     per_template = encoded.vectors.reshape(len(kept), len(template_list), -1).mean(axis=1)
     vectors = per_template / np.linalg.norm(per_template, axis=1, keepdims=True)
     label_set = LabelSet(kept, template_list, vectors.astype(np.float32), warnings + encoded.warnings)
-    if len(model.label_cache) >= _LABEL_CACHE_SIZE:
-        model.label_cache.pop(next(iter(model.label_cache)))
-    model.label_cache[key] = label_set
+    if len(cache) >= _LABEL_CACHE_SIZE:
+        cache.popitem(last=False)
+    cache[key] = label_set
     return label_set
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def logits_from_cosine(model: LoadedModel, cosine: np.ndarray, bias: float | None = None) -> np.ndarray:
-    """SigLIP logits exp(t)·cos + b, with the model's scale and (unless overridden) its bias; same shape."""
-    bias = model.logit_bias if bias is None else bias
-    return (model.logit_scale * np.asarray(cosine, dtype=np.float32) + bias).astype(np.float32)
-
-
-def logits_for(model: LoadedModel, image_vectors: np.ndarray, text_vectors: np.ndarray,
-               bias: float | None = None) -> np.ndarray:
-    """(n_images, n_texts) SigLIP logits."""
-    return logits_from_cosine(model, image_vectors @ text_vectors.T, bias)
 
 
 @dataclass
@@ -153,6 +143,6 @@ def classify(
     embedded = encode_images(model, images, batch_size=batch_size, progress=progress)
     logits = logits_for(model, embedded.vectors, label_set.text_vectors, bias)
     return ZeroShotResult(label_set.labels, embedded.sources, logits, sigmoid(logits), embedded.failures,
-                          list(label_set.warnings), model.is_test_model)
+                          list(label_set.warnings), model.untrained)
 
 

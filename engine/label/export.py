@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LabelError
+from ..errors import LabelError
 from .zeroshot import ZeroShotResult
 
 UNLABELLED = "_unlabelled"
@@ -57,7 +57,7 @@ def export_jsonl(result: ZeroShotResult, assignments: list[LabelAssignment], pat
     with open(path, "w", encoding="utf-8") as handle:
         for record, assignment in zip(result.records(), assignments):
             record["labels"] = assignment.labels
-            record["untrained_model"] = result.untrained
+            record["untrained"] = result.untrained
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
 
@@ -85,3 +85,25 @@ def export_imagefolder(assignments: list[LabelAssignment], out_dir: str | Path) 
                 number += 1
             shutil.copy2(source, target)
     return out
+
+
+@dataclass
+class LabelExports:
+    """The three export files written side by side."""
+
+    csv: Path
+    jsonl: Path
+    imagefolder_zip: Path
+
+    def paths(self) -> list[Path]:
+        return [self.csv, self.jsonl, self.imagefolder_zip]
+
+
+def write_exports(result: ZeroShotResult, assignments: list[LabelAssignment], out_dir: str | Path) -> LabelExports:
+    """labels.csv, labels.jsonl and imagefolder.zip (the ImageFolder layout, zipped) in `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    folder = export_imagefolder(assignments, out / "imagefolder")
+    archive = Path(shutil.make_archive(str(out / "imagefolder"), "zip", folder))
+    return LabelExports(export_csv(result, assignments, out / "labels.csv"),
+                        export_jsonl(result, assignments, out / "labels.jsonl"), archive)

@@ -1,0 +1,191 @@
+"""Building an index from a photo folder, incrementally and without losing an image.
+
+Unchanged files (same size and mtime) are skipped; new or changed files are hashed, and content already
+stored is linked rather than encoded again; deleted files are removed. Files are read, hashed and
+decoded in a thread pool ahead of the model. Each encoded batch is one SQLite transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ImageReadError, IndexStoreError
+from ..faults import crash_point
+from ..model.encode import ProgressCallback, embed_pixel_batch, ordered_parallel_map
+from ..model.images import IMAGE_EXTENSIONS, FileState, decode_image_bytes, read_file_bytes, scan_folder
+from ..model.loading import LoadedModel
+from ..model.preprocess import PreparedImage
+from .catalog import Catalog, FileRecord, NewImage
+from .store import ImageIndex, index_path
+
+UPLOADS = ".uploads"  # under the index folder; index names cannot start with a dot
+
+
+@dataclass
+class BuildSummary:
+    """What one build did, in counts; `skipped` lists (path, reason)."""
+
+    name: str
+    folder: str
+    scanned: int = 0
+    unchanged: int = 0
+    encoded: int = 0  # new image contents embedded
+    linked: int = 0  # files whose content was already stored (duplicates, renames, touched files)
+    removed: int = 0  # files gone from the folder
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    images: int = 0
+    files: int = 0
+    index_type: str = ""
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """New images encoded per second."""
+        return self.encoded / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class _Read:
+    state: FileState
+    sha256: str | None = None
+    image: PreparedImage | None = None
+    known_id: int | None = None
+    failure: str | None = None
+
+
+class _FolderBuild:
+    """One build of `root` into an open, writable index: plan the changes, then read, encode and commit."""
+
+    def __init__(self, model: LoadedModel, index: ImageIndex, root: Path, summary: BuildSummary,
+                 batch_size: int, save_every_seconds: float):
+        self.model, self.index, self.root, self.summary = model, index, root, summary
+        self.batch_size, self.save_every_seconds = batch_size, save_every_seconds
+        self.pending: list[_Read] = []
+        self.links: list[FileRecord] = []
+        self.failures: list[tuple[str, str, int, int]] = []
+        self.last_save = time.monotonic()
+
+    def plan(self) -> list[FileState]:
+        """Scan the folder, commit removals and unusable entries, return the files to read."""
+        catalog, prefix = self.index.catalog, str(self.root) + os.sep
+        states, problems = scan_folder(self.root)
+        self.summary.scanned = len(states) + len(problems)
+        known = {path: record for path, record in catalog.all_files().items() if path.startswith(prefix)}
+        if not states and not problems and not known:
+            raise IndexStoreError(f"{self.root}: no image files found ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+        seen = {s.path for s in states} | {p for p, _ in problems}
+        gone = [path for path in known if path not in seen]
+        todo = []
+        for state in states:
+            record = known.get(state.path)
+            if record and (record.size, record.mtime_ns) == (state.size, state.mtime_ns):
+                self.summary.unchanged += 1
+            else:
+                todo.append(state)
+        catalog.clear_skipped_under(prefix)  # every skipped file is retried and re-recorded
+        self.summary.skipped += problems
+        if gone or problems:
+            catalog.commit_batch(removed_paths=gone, skipped=[(p, r, None, None) for p, r in problems])
+            self.summary.removed = len(gone)
+        return todo
+
+    def run(self, todo: list[FileState], progress: ProgressCallback | None, workers: int | None) -> None:
+        """Read, hash and decode in worker threads; link known contents, encode new ones, commit in batches."""
+        # worker threads look hashes up through their own read-only connection, one at a time
+        reader, reader_lock = Catalog(self.index.path / "catalog.sqlite", readonly=True), threading.Lock()
+
+        def read(state: FileState) -> _Read:
+            try:
+                data, sha = read_file_bytes(state.path)
+                with reader_lock:
+                    known = reader.image_id_for_hash(sha)
+                if known is not None:
+                    return _Read(state, sha, known_id=known)
+                return _Read(state, sha, image=self.model.image_preprocessor(decode_image_bytes(data, state.path)))
+            except ImageReadError as error:
+                return _Read(state, failure=error.reason)
+
+        try:
+            for done, item in enumerate(ordered_parallel_map(read, todo, workers), start=1):
+                self._take(item)
+                if len(self.pending) >= self.batch_size or len(self.links) + len(self.failures) >= 4 * self.batch_size:
+                    self.commit()
+                if progress:
+                    progress(done, len(todo))
+            self.commit()
+        finally:
+            reader.close()
+
+    def _take(self, item: _Read) -> None:
+        state = item.state
+        if item.failure:
+            self.failures.append((state.path, item.failure, state.size, state.mtime_ns))
+            self.summary.skipped.append((state.path, item.failure))
+        elif item.known_id is not None:
+            self.links.append(FileRecord(state.path, item.known_id, state.size, state.mtime_ns))
+            self.summary.linked += 1
+        else:
+            self.pending.append(item)
+
+    def commit(self) -> None:
+        """Encode the pending images and store them, the links and the failures in one transaction."""
+        new_images = []
+        if self.pending:
+            vectors = embed_pixel_batch(self.model, [r.image for r in self.pending])
+            crash_point("encode")
+            new_images = [NewImage(r.sha256, r.image.grid.original_width, r.image.grid.original_height, vector,
+                                   [(r.state.path, r.state.size, r.state.mtime_ns)])
+                          for r, vector in zip(self.pending, vectors)]
+        if new_images or self.links or self.failures:
+            stored = self.index.catalog.commit_batch(new_images, self.links, skipped=self.failures)
+            self.summary.encoded += len(stored)
+            self.summary.linked += len(new_images) - len(stored)  # same content seen earlier in this run
+        self.pending, self.links, self.failures = [], [], []
+        self.index.sync()
+        if time.monotonic() - self.last_save > self.save_every_seconds:
+            self.index.save()
+            self.last_save = time.monotonic()
+
+
+def build_index(
+    model: LoadedModel,
+    folder: str | Path,
+    name: str,
+    index_dir: str | Path | None = None,
+    batch_size: int = 32,
+    progress: ProgressCallback | None = None,
+    factory: str | None = None,
+    save_every_seconds: float = 60.0,
+    workers: int | None = None,
+) -> BuildSummary:
+    """Create or update index `name` from `folder`; safe to kill at any moment and run again."""
+    start = time.perf_counter()
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise IndexStoreError(f"{folder}: not a folder")
+    root = root.absolute()
+    summary = BuildSummary(name=name, folder=str(root))
+    with ImageIndex.create(name, model, index_dir, factory=factory) as index:
+        build = _FolderBuild(model, index, root, summary, batch_size, save_every_seconds)
+        build.run(build.plan(), progress, workers)
+        index.replan()
+        index.save()
+        info = index.info()
+        summary.images, summary.files, summary.index_type = info.images, info.files, info.index_type
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def stage_uploads(paths: list[str | Path], name: str, index_dir: str | Path | None = None) -> Path:
+    """Copy uploaded files, under their own file names, into the folder that index `name` is built from."""
+    target = index_path(name, index_dir)  # validates the name first
+    folder = target.parent / UPLOADS / target.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        shutil.copy2(path, folder / Path(path).name)
+    return folder

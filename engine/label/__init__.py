@@ -1,0 +1,1 @@
+"""Zero-shot labelling: label sets, scores per image and label, label assignment and exports."""
