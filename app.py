@@ -3,7 +3,8 @@
 Every option can also come from the environment (for Hugging Face Spaces): STUDIO_MODEL, STUDIO_DEVICE,
 STUDIO_DTYPE, STUDIO_HOST (or GRADIO_SERVER_NAME), STUDIO_PORT (or GRADIO_SERVER_PORT), STUDIO_INDEX_DIR,
 STUDIO_ALLOWED_ROOTS (folders the UI may read, separated by the OS path separator), STUDIO_CACHE_EXAMPLES
-(1/0; on by default on Spaces, where SPACE_ID is set).
+(1/0; on by default on Spaces, where SPACE_ID is set), STUDIO_ENABLE_TRAINING (1/0, the Fine-tune tab; off by
+default, on Spaces too).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import threading
 from pathlib import Path
 
 from engine import DEFAULT_MODEL, StudioError
@@ -35,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     cache_default = env("STUDIO_CACHE_EXAMPLES", "1" if env("SPACE_ID") else "0").lower() in ("1", "true", "yes")
     parser.add_argument("--cache-examples", action=argparse.BooleanOptionalAction, default=cache_default,
                         help="label the example images at start-up (default: on for Hugging Face Spaces)")
+    training_default = env("STUDIO_ENABLE_TRAINING", "0").lower() in ("1", "true", "yes")
+    parser.add_argument("--enable-training", action=argparse.BooleanOptionalAction, default=training_default,
+                        help="show the Fine-tune tab (default off, on Spaces too, unless STUDIO_ENABLE_TRAINING=1)")
     return parser.parse_args(argv)
 
 
@@ -44,8 +49,13 @@ def make_studio(args):
     roots = args.allowed_root or [p for p in os.environ.get("STUDIO_ALLOWED_ROOTS", "").split(os.pathsep) if p]
     roots = [Path(r).expanduser().resolve() for r in roots] or [ROOT / "assets"]
     Path(args.index_dir).mkdir(parents=True, exist_ok=True)
-    studio = Studio(index_dir=Path(args.index_dir), allowed_roots=roots, device=args.device, dtype=args.dtype)
+    studio = Studio(index_dir=Path(args.index_dir), allowed_roots=roots, device=args.device, dtype=args.dtype,
+                    enable_training=args.enable_training)
     log = logging.getLogger("app")
+    from engine.explore.map import warm_up_umap
+
+    # UMAP's first call compiles for ~40 s: do it now, beside the model load, not when someone asks for a map
+    threading.Thread(target=warm_up_umap, name="umap-warm-up", daemon=True).start()
     try:
         studio.load_test_model() if args.test_model else studio.load(args.model)
     except StudioError as error:

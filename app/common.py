@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
 
 import gradio as gr
-from PIL import Image
 
 from engine import StudioError
+from engine.index.store import list_indexes
 from engine.model.images import open_image
 
 log = logging.getLogger("app")
@@ -21,26 +27,48 @@ except ImportError:  # pragma: no cover - depends on the host
     def gpu(fn):
         return fn
 
-MODEL_QUEUE = "model"  # one model job at a time across users
+MODEL_QUEUE = "model"  # one model job at a time across users: builds, maps, inspection
+# Quick single-image and text requests run together (their encodes share forward passes): pass **SERVE.
+SERVE = {"concurrency_id": "serve", "concurrency_limit": 16}
 
 
-def user_errors(fn):
-    """Show StudioError messages in the UI; log anything else with its stack trace."""
+def shown_in_place(*outputs: str):
+    """Errors meant for users replace the event's result where it is shown, instead of a toast over a stale one.
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except StudioError as error:
-            raise gr.Error(str(error), print_exception=False) from None
-        except Exception as error:
-            log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"Unexpected error ({type(error).__name__}); details are in the server log.",
-                           print_exception=False) from None
+    One word per output of the event: "clear" (emptied), "keep" (left as it is) or "notes" (the message,
+    "⛔ ..."). Anything else is logged with its stack trace and worded without it.
+    """
 
-    return wrapper
+    def wrap(fn):
+        def rendered(error: Exception):
+            if isinstance(error, StudioError):
+                message = str(error)
+            else:  # logged with its trace, worded for the user
+                log.exception("unexpected error in %s", fn.__name__, exc_info=error)
+                message = f"Unexpected error ({type(error).__name__}); details are in the server log."
+            values = tuple(f"⛔ {message}" if o == "notes" else None if o == "clear" else gr.skip() for o in outputs)
+            return values if len(values) > 1 else values[0]
+
+        if inspect.isgeneratorfunction(fn):  # a streaming handler: its error ends the stream in place
+            @functools.wraps(fn)
+            def streaming(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except Exception as error:  # noqa: BLE001 - rendered above
+                    yield rendered(error)
+
+            return streaming
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - rendered above
+                return rendered(error)
+
+        return wrapper
+
+    return wrap
 
 
 def progress_callback(progress: gr.Progress, description: str):
@@ -50,13 +78,29 @@ def progress_callback(progress: gr.Progress, description: str):
     return update
 
 
-def thumbnail(path: str, size: int = 256) -> Image.Image | None:
+THUMBNAILS = Path(tempfile.gettempdir()) / "siglip2-studio-thumbnails"
+
+
+def thumbnail(path: str, size: int = 256) -> str | None:
+    """A JPEG thumbnail file of the image at `path`, made once per file version and size (written to a
+    temporary name, then renamed, so a concurrent reader never sees half a file); None if unreadable."""
     try:
-        image = open_image(path)
-    except StudioError:
+        stat = os.stat(path)
+    except OSError:
         return None
-    image.thumbnail((size, size))
-    return image
+    key = hashlib.sha256(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{size}".encode()).hexdigest()
+    target = THUMBNAILS / f"{key[:32]}.jpg"
+    if not target.exists():
+        try:
+            image = open_image(path)
+        except StudioError:
+            return None
+        image.thumbnail((size, size))
+        THUMBNAILS.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{target.stem}.{threading.get_ident()}.part")
+        image.save(partial, "JPEG", quality=88)
+        os.replace(partial, target)
+    return str(target)
 
 
 def uploaded_paths(files) -> list[str]:
@@ -76,3 +120,11 @@ class ImageInput(gr.Image):
             return super().preprocess(payload)
         except Exception:
             return payload.path if payload is not None else None
+
+
+
+def index_choices(index_dir) -> gr.Dropdown:
+    """The index dropdown's choices, the most recently changed index chosen."""
+    names = list_indexes(index_dir)
+    changed = {name: (Path(index_dir) / name / "catalog.sqlite").stat().st_mtime for name in names}
+    return gr.Dropdown(choices=names, value=max(names, key=changed.get) if names else None)

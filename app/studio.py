@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import LoadedModel, StudioError, load_model
+from engine.model.encode import serve_concurrently, stop_serving
+from engine.model.text import short_text
+from engine.paths import AllowedRoots
 from engine.model.testmodel import make_test_model
 
 log = logging.getLogger(__name__)
@@ -29,8 +33,9 @@ class Studio:
     dtype: str | None = None
     model: LoadedModel | None = None
     load_error: str | None = None
-    running_job: str | None = None  # what runs on the current model now, in words for a refusal message
+    running_jobs: Counter = field(default_factory=Counter)  # what runs on the current model now, in words
     loading: bool = False  # a model load is under way
+    enable_training: bool = False  # the Fine-tune tab (app.py --enable-training)
     example_results: dict = field(default_factory=dict)  # (image sha256, labels, template) → result, this model and setting
     _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -38,12 +43,15 @@ class Studio:
         with self._guard:
             if self.loading:
                 raise StudioError("Another model is being loaded; wait for it to finish, then load again.")
-            if self.running_job:
-                raise StudioError(f"Model switch refused: “{self.running_job}” is running on the current model. "
-                                  "Wait for it to finish, then load again.")
+            if self.running_jobs:
+                raise StudioError(f"Model switch refused: “{next(iter(self.running_jobs))}” is running on the "
+                                  "current model. Wait for it to finish, then load again.")
             self.loading = True
         try:
             model = load_model(name, device=device or self.device, dtype=dtype or self.dtype)
+            if self.model is not None:
+                stop_serving(self.model)
+            serve_concurrently(model)  # concurrent users' single encodes share forward passes
             self.model, self.load_error, self.example_results = model, None, {}
             return model
         except StudioError as error:
@@ -72,28 +80,35 @@ class Studio:
 
     @contextmanager
     def job(self, name: str):
-        """Run `name` on the current model; a model switch meanwhile is refused."""
+        """Run `name` on the current model (several may run at once); a model switch meanwhile is refused."""
         with self._guard:
             model = self.require_model()
             if self.loading:
                 raise StudioError("A model is being loaded; try again in a moment.")
-            self.running_job = name
+            self.running_jobs[name] += 1
         try:
             yield model
         finally:
-            self.running_job = None
+            with self._guard:
+                self.running_jobs[name] -= 1
+                if self.running_jobs[name] <= 0:
+                    del self.running_jobs[name]
+
+    @property
+    def readable(self) -> AllowedRoots:
+        """The one rule for every server path a user names (folders, query images, training data)."""
+        return AllowedRoots.of(*self.allowed_roots)
 
     def check_folder(self, folder: str) -> Path:
-        """A server folder the UI may read: it must exist and lie inside an allowed root."""
+        """A server folder the UI may read: it must lie inside an allowed root (links followed) and exist."""
         if not folder or not folder.strip():
             raise StudioError("Give a folder on the server, or upload images.")
-        path = Path(folder.strip()).expanduser().resolve()
-        if not any(path == root or root in path.parents for root in self.allowed_roots):
-            roots = ", ".join(str(r) for r in self.allowed_roots)
-            raise StudioError(f"{folder}: outside the folders this server allows ({roots}). "
-                              "Start the app with --allowed-root to add one.")
+        path = self.readable.resolve(folder)
+        if path is None:  # said the same way whether or not it exists
+            raise StudioError(f"{short_text(folder.strip())}: outside the folders this server allows "
+                              f"({self.readable.describe()}). Start the app with --allowed-root to add one.")
         if not path.is_dir():
-            raise StudioError(f"{folder}: no such folder on the server.")
+            raise StudioError(f"{short_text(folder.strip())}: no such folder on the server.")
         return path
 
     def notes(self, warnings: list[str] = (), failures=()) -> str:

@@ -11,9 +11,9 @@ import plotly.graph_objects as go
 
 from engine import StudioError
 from engine.explore.map import DEFAULT_MAX_POINTS, ExploreMap, explore_index
-from engine.index.store import ImageIndex, list_indexes
+from engine.index.store import ImageIndex
 
-from .common import MODEL_QUEUE, gpu, thumbnail, user_errors
+from .common import MODEL_QUEUE, gpu, index_choices, shown_in_place, thumbnail
 from .studio import Studio
 
 # gr.Plot has no click event: forward plotly's own click to a hidden textbox that the server watches.
@@ -44,6 +44,9 @@ def map_caption(explored: ExploreMap) -> str:
     projection = explored.projection
     shown = (f"{len(projection.image_ids):,} of {projection.total:,} images (random subsample)"
              if projection.subsampled else f"all {projection.total:,} images")
+    if projection.method == "pca" and len(projection.image_ids) >= 8:
+        return (f"PCA map of {shown}: UMAP is still being compiled in the background (once per server start); "
+                "draw again in a moment for the UMAP map.")
     return f"{projection.method.upper()} map of {shown}."
 
 
@@ -69,7 +72,8 @@ def figure(explored: ExploreMap) -> go.Figure:
 def build(studio: Studio) -> None:
     with gr.Row():
         with gr.Column(scale=1):
-            index_name = gr.Dropdown(list_indexes(studio.index_dir), label="Index", allow_custom_value=True)
+            latest = index_choices(studio.index_dir)
+            index_name = gr.Dropdown(latest.choices, value=latest.value, label="Index", allow_custom_value=True)
             colour_by = gr.Radio(["cluster", "zero-shot label"], value="cluster", label="Colour by")
             clusters = gr.Slider(2, 30, value=8, step=1, label="Clusters (k-means)")
             labels = gr.Textbox("a person, an animal, a landscape, food, a vehicle", label="Labels (zero-shot colouring)")
@@ -85,18 +89,19 @@ def build(studio: Studio) -> None:
             nearest = gr.Gallery(label="Nearest to the query", columns=6, height=220)
 
     @gpu
-    @user_errors
+    @shown_in_place("clear", "notes", "clear")
     def do_explore(name: str, how: str = "cluster", k: int = 8, label_text: str = "", text: str = "",
                    limit: int = DEFAULT_MAX_POINTS):
         if not (name or "").strip():
             raise StudioError("Choose an index to explore, or build one in the Search tab.")
         with studio.job("drawing the map") as model, ImageIndex.open(name, studio.index_dir) as index:
-            explored = explore_index(index, model, how, int(k), label_text or "", text or "", int(limit))
+            explored = explore_index(index, model, how, int(k), label_text or "", text or "", int(limit),
+                                     quick=True)
         gallery = [(thumbnail(path), Path(path).name) for path in explored.nearest_paths]
         return figure(explored), "\n\n".join(x for x in (map_caption(explored), studio.notes()) if x), \
             [g for g in gallery if g[0] is not None]
 
-    @user_errors
+    @shown_in_place("clear")
     def do_pick(name: str, image_id: str):
         if not (image_id or "").strip() or image_id.strip() == "-1":
             return None
@@ -108,5 +113,5 @@ def build(studio: Studio) -> None:
                        [plot, notes, nearest], api_name="explore", concurrency_id=MODEL_QUEUE)
     event.then(None, None, None, js=CLICK_BRIDGE)
     clicked.change(do_pick, [index_name, clicked], picked, api_name=False)
-    index_name.focus(lambda: gr.Dropdown(choices=list_indexes(studio.index_dir)), None, index_name,
+    index_name.focus(lambda: gr.Dropdown(choices=index_choices(studio.index_dir).choices), None, index_name,
                      api_name=False, queue=False)

@@ -4,28 +4,48 @@ threshold, editable labels and exports (CSV, JSONL, ImageFolder zip)."""
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 
 from engine import StudioError
 from engine.label.export import LabelAssignment, assign_labels, write_exports
-from engine.label.zeroshot import DEFAULT_TEMPLATES, classify, parse_templates, prepare_labels
+from engine.label.zeroshot import DEFAULT_TEMPLATES, ZeroShotResult, classify, parse_templates, prepare_labels
 from engine.model.images import find_images, read_file_bytes
+from engine.model.text import short_text
 
-from .common import MODEL_QUEUE, ImageInput, gpu, progress_callback, uploaded_paths, user_errors
+from .common import MODEL_QUEUE, SERVE, ImageInput, gpu, progress_callback, shown_in_place, uploaded_paths
 from .studio import ROOT, Studio
 
 EXAMPLES = ROOT / "assets" / "examples"
-DEFAULT_LABELS = "a red circle, a blue square, a green triangle, a cat, a car"
+EXAMPLE_LABELS = ROOT / "assets" / "labels" / "photos-multilingual.txt"
+# photo, caption, language of its label set (assets/labels/photos-multilingual.txt)
+EXAMPLE_PHOTOS = [("cat.jpg", "Chelsea the cat · labels in English", "en"),
+                  ("coffee.jpg", "coffee · labels in German", "de"),
+                  ("astronaut.jpg", "astronaut · labels in French", "fr"),
+                  ("rocket.jpg", "rocket launch · labels in Chinese", "zh"),
+                  ("hubble_deep_field.jpg", "Hubble deep field · labels in Hindi", "hi"),
+                  ("retina.jpg", "retina · labels in Arabic", "ar")]
+DEFAULT_LABELS = "a cat, a cup of coffee, an astronaut, a rocket launch, galaxies in deep space, the retina of an eye"
 DEFAULT_TEMPLATE = DEFAULT_TEMPLATES[0]
 TEMPLATE_HELP = "Prompt template(s), one per line; {} stands for the label ({} alone: the label as written)."
 MAX_BATCH_IMAGES = 5000
 
 
+def score_table(result: ZeroShotResult, row: int = 0) -> str:
+    """Markdown: every label's probability (small ones stay readable) and logit, best first."""
+    order = np.argsort(-result.probabilities[row])
+    lines = ["| label | probability | logit |", "|---|---|---|"]
+    lines += [f"| {short_text(result.labels[i], 60)} | {result.probabilities[row, i]:.3g} | {result.logits[row, i]:.2f} |"
+              for i in order]
+    return "\n".join(lines)
+
+
 def classify_one(studio: Studio, image_path: str | None, label_text: str, template_text: str,
                  bias: float | None = None) -> tuple[dict[str, float], str]:
-    """Probability per label for one image, and the notes to show with them."""
+    """Probability per label for one image, and the notes to show with them (a table of every score)."""
     if not image_path:
         raise StudioError("Upload an image first.")
     with studio.job("labelling an image") as model:
@@ -34,11 +54,20 @@ def classify_one(studio: Studio, image_path: str | None, label_text: str, templa
         failure = result.failures[0]
         raise StudioError(f"{Path(failure.source).name}: {failure.reason}")
     probabilities = {label: float(p) for label, p in zip(result.labels, result.probabilities[0])}
-    return probabilities, studio.notes(result.warnings)
+    return probabilities, "\n\n".join(x for x in (studio.notes(result.warnings), score_table(result)) if x)
+
+
+def example_label_sets() -> dict[str, str]:
+    """Language code → the example label set in that language."""
+    lines = EXAMPLE_LABELS.read_text(encoding="utf-8").splitlines()
+    return dict(line.split(": ", 1) for line in lines if ": " in line)
 
 
 def example_rows() -> list[list[str]]:
-    return [[str(p), DEFAULT_LABELS, DEFAULT_TEMPLATE] for p in sorted(EXAMPLES.glob("*.png"))]
+    """[photo path, labels, template] per example, each photo once with labels in its own language."""
+    label_sets = example_label_sets()
+    return [[str(EXAMPLES / name), label_sets[language], DEFAULT_TEMPLATE]
+            for name, _, language in EXAMPLE_PHOTOS if (EXAMPLES / name).exists()]
 
 
 def example_result(studio: Studio, image_path: str, label_text: str, template_text: str):
@@ -76,8 +105,9 @@ def _build_one(studio: Studio) -> None:
                                elem_id="label-image")
             labels = gr.Textbox(DEFAULT_LABELS, label="Labels (comma or newline separated, any language)", lines=3)
             template = gr.Textbox(DEFAULT_TEMPLATE, label=TEMPLATE_HELP, lines=2)
-            bias = gr.Slider(-20, 5, value=-10, step=0.1, label="Logit bias (model's own by default; "
-                             "moves every probability, as in the SigLIP 2 demo)")
+            own = studio.model.logit_bias if studio.model is not None else -10.0
+            bias = gr.Slider(-20, 5, value=round(own, 2), step=0.1, label="Logit bias (starts at the model's own; "
+                             "moving it shifts every probability, as in the SigLIP 2 demo)")
             use_model_bias = gr.Checkbox(True, label="Use the model's own bias")
             run = gr.Button("Label", variant="primary")
         with gr.Column():
@@ -85,45 +115,82 @@ def _build_one(studio: Studio) -> None:
                               elem_id="label-scores")
             notes = gr.Markdown(elem_id="label-notes")
     rows = example_rows()
-    examples = gr.Examples(rows, [image, labels, template], cache_examples=False,
-                           label="Examples (drawn by this project, CC0): click one to label it") if rows else None
+    caption = gr.Textbox(visible=False)  # the examples table shows each photo once with this short caption
+    captions = {name: text for name, text, _ in EXAMPLE_PHOTOS}
+    examples = gr.Examples([[row[0], captions[Path(row[0]).name]] for row in rows], [image, caption],
+                           cache_examples=False, examples_per_page=len(rows),
+                           label="Examples (public-domain and CC0 photos): click one to label it in its language"
+                           ) if rows else None
 
     @gpu
-    @user_errors
+    @shown_in_place("clear", "notes")
     def do_classify(image_path, label_text: str, template_text: str, bias_value: float = -10.0,
                     own_bias: bool = True):
         return classify_one(studio, image_path, label_text, template_text, None if own_bias else bias_value)
 
+    def headline(probabilities):
+        """No large headline label when no label reaches one half: SigLIP says none of them fits."""
+        values = probabilities.values() if isinstance(probabilities, dict) else []
+        return gr.Label(show_heading=any(float(p) >= 0.5 for p in values))
+
+    def own_bias_setting(own_bias: bool):
+        """Ticked: the slider shows the loaded model's own bias again."""
+        if own_bias and studio.model is not None:
+            return gr.Slider(value=round(studio.model.logit_bias, 2))
+        return gr.skip()
+
     @gpu
-    @user_errors
-    def show_example(image_path, label_text: str, template_text: str):
-        return example_result(studio, image_path, label_text, template_text)
+    @shown_in_place("keep", "keep", "clear", "notes")
+    def show_example(image_path, caption_text: str):
+        row = next(r for r in rows if captions[Path(r[0]).name] == caption_text)
+        return (row[1], row[2], *example_result(studio, image_path, row[1], row[2]))
 
     inputs = [image, labels, template, bias, use_model_bias]
-    run.click(do_classify, inputs, [scores, notes], api_name="classify", concurrency_id=MODEL_QUEUE)
-    bias.release(do_classify, inputs, [scores, notes], api_name=False, concurrency_id=MODEL_QUEUE)
-    use_model_bias.change(do_classify, inputs, [scores, notes], api_name=False, concurrency_id=MODEL_QUEUE)
+    labelled = [run.click(do_classify, inputs, [scores, notes], api_name="classify", **SERVE)]
+    # moving the slider means "use this bias": untick the model's own, then label with it
+    labelled.append(bias.release(lambda: False, None, use_model_bias, api_name=False, queue=False).then(
+        do_classify, inputs, [scores, notes], api_name=False, **SERVE))
+    labelled.append(use_model_bias.input(own_bias_setting, use_model_bias, bias, api_name=False, queue=False).then(
+        do_classify, inputs, [scores, notes], api_name=False, **SERVE))
     if examples is not None:
-        examples.load_input_event.then(show_example, [image, labels, template], [scores, notes], api_name=False,
-                                       concurrency_id=MODEL_QUEUE)
+        labelled.append(examples.load_input_event.then(show_example, [image, caption],
+                                                       [labels, template, scores, notes], api_name=False, **SERVE))
+    for event in labelled:
+        event.then(headline, scores, scores, api_name=False, queue=False)
 
 
-def _export_files(result, assignments: list[LabelAssignment]) -> list[str]:
-    return [str(path) for path in write_exports(result, assignments, tempfile.mkdtemp(prefix="labels-")).paths()]
+@dataclass
+class LabelledBatch:
+    """A batch's scores, kept so that threshold and mode re-apply without encoding again."""
+
+    result: ZeroShotResult
+    names: dict[str, str]  # source → the name people know it by (an upload's own file name)
+    problems: list[tuple[str, str]]  # folder entries that could not be used: (path, reason)
+
+    def assign(self, threshold: float, mode: str) -> list[LabelAssignment]:
+        return assign_labels(self.result, threshold, mode, self.names)
 
 
-def _table_rows(result, assignments: list[LabelAssignment]) -> list[list[str]]:
-    return [[assignment.image, "; ".join(assignment.labels),
-             ", ".join(f"{label} {p:.3f}" for label, p in result.top(row, 3))]
+def _export_files(batch: LabelledBatch, assignments: list[LabelAssignment]) -> list[str]:
+    folder = tempfile.mkdtemp(prefix="labels-")
+    return [str(path) for path in write_exports(batch.result, assignments, folder).paths()]
+
+
+def _table_rows(batch: LabelledBatch, assignments: list[LabelAssignment]) -> list[list[str]]:
+    return [[assignment.export_name, "; ".join(assignment.labels),
+             ", ".join(f"{label} {p:.3f}" for label, p in batch.result.top(row, 3))]
             for row, assignment in enumerate(assignments)]
 
 
 def label_images(studio: Studio, paths: list[str], server_folder: str, label_text: str, template_text: str,
-                 progress=None):
-    """Label uploaded files plus a server folder's images; returns the result and folder entries skipped."""
+                 progress=None) -> LabelledBatch:
+    """Label uploaded files plus a server folder's images (named by their path inside that folder)."""
+    names = {path: Path(path).name for path in paths}  # Gradio keeps an upload's own name as its file name
     problems: list[tuple[str, str]] = []
     if server_folder and server_folder.strip():
-        found, problems = find_images(studio.check_folder(server_folder))
+        root = studio.check_folder(server_folder)
+        found, problems = find_images(root)
+        names.update({path: str(Path(path).relative_to(root)) for path in found})
         paths = paths + found
     if not paths:
         raise StudioError("No images: upload some, or give a server folder that holds images.")
@@ -132,7 +199,7 @@ def label_images(studio: Studio, paths: list[str], server_folder: str, label_tex
                           "use the command line (python -m engine classify) for larger sets.")
     with studio.job("labelling images") as model:
         label_set = prepare_labels(model, label_text or "", parse_templates(template_text))
-        return classify(model, paths, label_set, progress=progress), problems
+        return LabelledBatch(classify(model, paths, label_set, progress=progress), names, problems)
 
 
 def _build_many(studio: Studio) -> None:
@@ -155,28 +222,43 @@ def _build_many(studio: Studio) -> None:
     result_state = gr.State()
 
     @gpu
-    @user_errors
+    @shown_in_place("clear", "notes", "clear", "clear")
     def do_label_batch(uploaded, server_folder: str, label_text: str, template_text: str, cut: float, how: str,
                        progress=gr.Progress()):
-        result, problems = label_images(studio, uploaded_paths(uploaded), server_folder, label_text,
-                                        template_text, progress_callback(progress, "labelling"))
-        assignments = assign_labels(result, cut, how)
-        notes = studio.notes(result.warnings, list(result.failures) + [f"{p}: {r}" for p, r in problems])
+        batch = label_images(studio, uploaded_paths(uploaded), server_folder, label_text, template_text,
+                             progress_callback(progress, "labelling"))
+        result = batch.result
+        assignments = batch.assign(cut, how)
+        failures = [f"{batch.names.get(f.source, Path(f.source).name)}: {f.reason}, skipped" for f in result.failures]
+        notes = studio.notes(result.warnings, failures + [f"{p}: {r}" for p, r in batch.problems])
         summary = f"Labelled {len(result.sources)} image(s) with {len(result.labels)} label(s)."
-        return _table_rows(result, assignments), "\n\n".join(x for x in (summary, notes) if x), \
-            _export_files(result, assignments), result
+        return _table_rows(batch, assignments), "\n\n".join(x for x in (summary, notes) if x), \
+            _export_files(batch, assignments), batch
 
-    @user_errors
-    def do_export(rows, result):
-        if result is None:
+    @shown_in_place("keep", "keep", "notes")
+    def do_reassign(batch: LabelledBatch | None, cut: float, how: str):
+        """A new threshold or mode applied to the stored scores: no image is encoded again."""
+        if batch is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        assignments = batch.assign(cut, how)
+        labelled = sum(1 for a in assignments if a.labels)
+        return _table_rows(batch, assignments), _export_files(batch, assignments), \
+            f"Threshold {cut:.2f}, {how}-label: {labelled} of {len(assignments)} image(s) labelled (no re-encoding)."
+
+    @shown_in_place("keep", "notes")
+    def do_export(rows, batch: LabelledBatch | None):
+        if batch is None:
             raise StudioError("Label some images first.")
         data = rows.values.tolist() if hasattr(rows, "values") else rows
-        edited = [LabelAssignment(str(r[0]), [x.strip() for x in str(r[1]).split(";") if x.strip()], [])
-                  for r in data]
-        if [a.image for a in edited] != result.sources:
+        names = [batch.names.get(source, source) for source in batch.result.sources]
+        if [str(r[0]) for r in data] != names:
             raise StudioError("The table's rows no longer match the labelled images; label again.")
-        return _export_files(result, edited)
+        edited = [LabelAssignment(source, [x.strip() for x in str(r[1]).split(";") if x.strip()], [], name)
+                  for source, name, r in zip(batch.result.sources, names, data)]
+        return _export_files(batch, edited), f"Exported {len(edited)} image(s) with the edited labels."
 
     label_all.click(do_label_batch, [files, folder, batch_labels, batch_template, threshold, mode],
                     [table, batch_notes, exports, result_state], api_name="label_batch", concurrency_id=MODEL_QUEUE)
-    export_again.click(do_export, [table, result_state], exports, api_name="export_labels")
+    export_again.click(do_export, [table, result_state], [exports, batch_notes], api_name="export_labels")
+    threshold.release(do_reassign, [result_state, threshold, mode], [table, exports, batch_notes], api_name=False)
+    mode.change(do_reassign, [result_state, threshold, mode], [table, exports, batch_notes], api_name=False)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine import CHECKPOINTS, DEFAULT_MODEL, StudioError
+from engine import CHECKPOINTS, DEFAULT_MODEL
+from engine.model.preprocess import check_sequence_length
 
-from .common import MODEL_QUEUE, user_errors
+from .common import MODEL_QUEUE, shown_in_place
 from .studio import UNTRAINED_WARNING, Studio
 
 
@@ -30,7 +31,7 @@ def model_summary(studio: Studio) -> str:
              f"| {'sequence length' if model.arch == 'naflex' else 'resolution'} | {image_setting_text(model)} |",
              f"| parameters | {model.num_parameters / 1e6:.1f} M |",
              f"| weights in memory | {model.memory_bytes / 2**20:.0f} MiB |",
-             f"| device, dtype | {model.device.type}, {str(model.dtype).replace('torch.', '')} |",
+             f"| device, dtype | {model.device.type}, {model.precision} |",
              f"| embedding size | {model.embed_dim} |"]
     if model.checkpoint:
         c = model.checkpoint
@@ -49,15 +50,6 @@ def banner(studio: Studio) -> gr.Markdown:
     return gr.Markdown("", visible=False)
 
 
-def _patches(value) -> int:
-    try:
-        patches = int(value)
-    except (TypeError, ValueError):
-        raise StudioError(f"Sequence length {value!r} is not a whole number.") from None
-    if not 16 <= patches <= 4096:
-        raise StudioError("Sequence length must be between 16 and 4096 patches (trained: 128 to 1024).")
-    return patches
-
 
 def paper_table() -> list[list]:
     return [[c.hub_id, c.label, c.imagenet_zero_shot, c.coco_text_to_image, c.coco_image_to_text] for c in CHECKPOINTS]
@@ -66,42 +58,49 @@ def paper_table() -> list[list]:
 def build(studio: Studio, banner_box: gr.Markdown) -> None:
     with gr.Row():
         with gr.Column(scale=2):
-            choice = gr.Dropdown([c.hub_id for c in CHECKPOINTS], value=DEFAULT_MODEL, label="Released checkpoint",
-                                 allow_custom_value=True)
-            local = gr.Textbox(label="…or a local checkpoint folder (Hugging Face layout)", placeholder="/models/siglip2")
+            loaded = studio.model  # the selectors start at the model that is actually loaded
+            released = loaded.checkpoint.hub_id if loaded and loaded.checkpoint else None
+            choice = gr.Dropdown([c.hub_id for c in CHECKPOINTS], value=released or (None if loaded else DEFAULT_MODEL),
+                                 label="Released checkpoint", allow_custom_value=True)
+            local = gr.Textbox(loaded.name if loaded and not released else "", placeholder="/models/siglip2",
+                               label="…or a local checkpoint folder (Hugging Face layout)")
             with gr.Row():
                 device = gr.Dropdown(["auto", "cpu", "cuda", "mps"], value="auto", label="Device")
-                dtype = gr.Dropdown(["auto", "fp32", "bf16", "fp16"], value="auto", label="Dtype")
-            max_patches = gr.Dropdown([128, 256, 576, 784, 1024], value=256, allow_custom_value=True,
+                dtype = gr.Dropdown(["auto", "fp32", "bf16", "fp16", "int8"], value="auto",
+                                    label="Dtype (int8: CPU only)")
+            patches = loaded.image_setting[0] if loaded and loaded.arch == "naflex" else 256
+            max_patches = gr.Dropdown([128, 256, 576, 784, 1024], value=patches, allow_custom_value=True,
                                       label="NaFlex sequence length (max patches; trained: 128–1024)")
             with gr.Row():
                 load = gr.Button("Load", variant="primary")
                 load_test = gr.Button("Load a small generated test model (untrained, works offline)")
+            load_notes = gr.Markdown(elem_id="load-notes")
         with gr.Column(scale=3):
             summary = gr.Markdown(model_summary(studio), elem_id="model-summary")
     gr.Dataframe(paper_table(), headers=["checkpoint", "model", "INet 0-shot", "COCO T→I", "COCO I→T"],
                  label="The 17 released checkpoints (numbers from the SigLIP 2 paper)", interactive=False)
 
-    @user_errors
+    # a failed load leaves the loaded model's summary and the banner as they were, and says why beside the button
+    @shown_in_place("keep", "keep", "notes")
     def do_load(hub_id: str, folder: str, device_name: str, dtype_name: str, patches=256):
-        patches = _patches(patches)
+        patches = check_sequence_length(patches)  # before a slow load, not after
         studio.load((folder or "").strip() or hub_id, device=device_name, dtype=dtype_name)
         studio.set_max_patches(patches)
-        return model_summary(studio), banner(studio)
+        return model_summary(studio), banner(studio), ""
 
-    @user_errors
+    @shown_in_place("keep", "notes")
     def do_set_patches(patches):
-        studio.set_max_patches(_patches(patches))
-        return model_summary(studio)
+        studio.set_max_patches(patches)  # the model checks the value
+        return model_summary(studio), ""
 
-    @user_errors
+    @shown_in_place("keep", "keep", "notes")
     def do_load_test():
         studio.load_test_model()
-        return model_summary(studio), banner(studio)
+        return model_summary(studio), banner(studio), ""
 
-    load.click(do_load, [choice, local, device, dtype, max_patches], [summary, banner_box], api_name="load_model",
-               concurrency_id="loader", concurrency_limit=1)
-    max_patches.change(do_set_patches, max_patches, summary, api_name="set_max_patches",
+    load.click(do_load, [choice, local, device, dtype, max_patches], [summary, banner_box, load_notes],
+               api_name="load_model", concurrency_id="loader", concurrency_limit=1)
+    max_patches.change(do_set_patches, max_patches, [summary, load_notes], api_name="set_max_patches",
                        concurrency_id=MODEL_QUEUE)
-    load_test.click(do_load_test, None, [summary, banner_box], api_name="load_test_model",
+    load_test.click(do_load_test, None, [summary, banner_box, load_notes], api_name="load_test_model",
                     concurrency_id="loader", concurrency_limit=1)

@@ -11,9 +11,12 @@ from engine import StudioError
 from engine.index.build import BuildSummary, build_index, stage_uploads
 from engine.index.search import QueryTerm, compare_queries, parse_query, search
 from engine.index.store import ImageIndex, index_path, list_indexes
+from engine.model.text import short_text
 
-from .common import MODEL_QUEUE, ImageInput, gpu, progress_callback, thumbnail, uploaded_paths, user_errors
+from .common import (MODEL_QUEUE, SERVE, ImageInput, gpu, index_choices, progress_callback, shown_in_place,
+                     thumbnail, uploaded_paths)
 from .studio import Studio
+
 
 def _gallery(result) -> list[tuple]:
     items = []
@@ -24,8 +27,21 @@ def _gallery(result) -> list[tuple]:
     return items
 
 
+def terms_text(terms: list[QueryTerm]) -> str:
+    """The query as the summary names it: images by file name, texts shortened, signs and weights."""
+    parts = []
+    for position, term in enumerate(terms):
+        what = f"image {Path(term.value).name}" if term.kind == "image" else f"“{short_text(term.value, 60)}”"
+        weight = abs(term.weight)
+        what = what if weight == 1 else f"{weight:g} × {what}"
+        sign = ("−" if term.weight < 0 else "") if position == 0 else (" − " if term.weight < 0 else " + ")
+        parts.append(sign + what)
+    return "".join(parts)
+
+
 def _hits_note(studio: Studio, result, index_name: str) -> str:
-    head = f"{len(result.hits)} result(s) in **{index_name}** for `{result.query}`"
+    terms = terms_text(result.terms)
+    head = f"{len(result.hits)} result(s) in **{index_name}** for {terms}"
     if result.terms and any(t.kind == "image" for t in result.terms):
         head += " (probabilities are calibrated for text queries only)"
     return "\n\n".join(x for x in (head, studio.notes(result.warnings)) if x)
@@ -64,8 +80,9 @@ def _build_search(studio: Studio) -> gr.Dropdown:
             build_button = gr.Button("Build / update index", variant="primary")
             build_notes = gr.Markdown(elem_id="build-notes")
         with gr.Column(scale=2):
-            index_name = gr.Dropdown(list_indexes(studio.index_dir), label="Index to search", allow_custom_value=True,
-                                     elem_id="search-index")
+            latest = index_choices(studio.index_dir)
+            index_name = gr.Dropdown(latest.choices, value=latest.value, label="Index to search",
+                                     allow_custom_value=True, elem_id="search-index")
             query = gr.Textbox(label="Text query, any language (combine: `2:red car + sunset - night`)",
                                elem_id="search-query")
             with gr.Row():
@@ -82,7 +99,7 @@ def _build_search(studio: Studio) -> gr.Dropdown:
             gallery = gr.Gallery(label="Results", columns=4, height=480, elem_id="search-gallery")
 
     @gpu
-    @user_errors
+    @shown_in_place("notes", "keep")
     def do_build(name: str, uploaded, server_folder: str, progress=gr.Progress()):
         name = (name or "").strip()
         index_path(name, studio.index_dir)  # a bad name is refused before anything is copied
@@ -104,21 +121,22 @@ def _build_search(studio: Studio) -> gr.Dropdown:
     def _run(name: str, terms, n: int, cut: float, path_part: str):
         with studio.job("searching") as model, open_index(studio, name) as index:
             return search(index, model, terms, k=int(n), min_score=None if cut <= -1 else cut,
-                          path_contains=(path_part or "").strip() or None)
+                          path_contains=(path_part or "").strip() or None, readable=studio.readable)
 
     @gpu
-    @user_errors
+    @shown_in_place("clear", "notes")
     def do_search_text(name: str, text: str, n: int = 12, cut: float = -1, path_part: str = ""):
         result = _run(name, text, n, cut, path_part)
         return _gallery(result), _hits_note(studio, result, name)
 
     @gpu
-    @user_errors
+    @shown_in_place("clear", "notes")
     def do_search_image(name: str, image_path, weight: float = 1.0, text: str = "", n: int = 12, cut: float = -1,
                         path_part: str = ""):
         if not image_path:
             raise StudioError("Add an example image first.")
-        terms = [QueryTerm(float(weight), "image", image_path)] + (parse_query(text) if (text or "").strip() else [])
+        terms = [QueryTerm(float(weight), "image", image_path)]  # an upload: the one file read from outside the roots
+        terms += parse_query(text, studio.readable) if (text or "").strip() else []
         result = _run(name, terms, n, cut, path_part)
         return _gallery(result), _hits_note(studio, result, name)
 
@@ -126,10 +144,10 @@ def _build_search(studio: Studio) -> gr.Dropdown:
                        concurrency_id=MODEL_QUEUE)
     text_inputs = [index_name, query, k, min_score, path_filter]
     text_button.click(do_search_text, text_inputs, [gallery, search_notes], api_name="search_text",
-                      concurrency_id=MODEL_QUEUE)
-    query.submit(do_search_text, text_inputs, [gallery, search_notes], api_name=False, concurrency_id=MODEL_QUEUE)
+                      **SERVE)
+    query.submit(do_search_text, text_inputs, [gallery, search_notes], api_name=False, **SERVE)
     image_button.click(do_search_image, [index_name, query_image, image_weight, query, k, min_score, path_filter],
-                       [gallery, search_notes], api_name="search_image", concurrency_id=MODEL_QUEUE)
+                       [gallery, search_notes], api_name="search_image", **SERVE)
     index_name.focus(refresh_choices, None, index_name, api_name=False, queue=False)
     return index_name
 
@@ -140,22 +158,24 @@ def _build_compare(studio: Studio, index_name: gr.Dropdown) -> None:
                                value="a dog on the beach\nun chien sur la plage\nein Hund am Strand\n海滩上的狗", lines=4)
         k = gr.Slider(1, 50, value=12, step=1, label="Results per language (k)")
         compare_button = gr.Button("Compare")
+        compare_notes = gr.Markdown(elem_id="compare-notes")
         compare_table = gr.Dataframe(label="Top results per language", interactive=False)
         overlap_table = gr.Dataframe(label="Overlap of the top-k between languages (shared results / k)",
                                      interactive=False)
 
     @gpu
-    @user_errors
+    @shown_in_place("clear", "clear", "notes")
     def do_compare(name: str, lines: str, n: int = 12):
         queries = [line.strip() for line in (lines or "").splitlines() if line.strip()]
         with studio.job("comparing queries") as model, open_index(studio, name) as index:
-            comparison = compare_queries(index, model, queries, int(n))
+            comparison = compare_queries(index, model, queries, int(n), readable=studio.readable)
         top = [[Path(h.path).name for h in r.hits] for r in comparison.results]
         depth = max(len(t) for t in top)
         rows = [[rank + 1] + [t[rank] if rank < len(t) else "" for t in top] for rank in range(depth)]
         overlap = [[q] + [f"{share:.2f}" for share in row] for q, row in zip(queries, comparison.overlap)]
         return (gr.Dataframe(rows, headers=["rank"] + queries),
-                gr.Dataframe(overlap, headers=["query"] + queries))
+                gr.Dataframe(overlap, headers=["query"] + queries), studio.notes(
+                    [w for result in comparison.results for w in result.warnings]))
 
-    compare_button.click(do_compare, [index_name, languages, k], [compare_table, overlap_table],
+    compare_button.click(do_compare, [index_name, languages, k], [compare_table, overlap_table, compare_notes],
                          api_name="compare_languages", concurrency_id=MODEL_QUEUE)

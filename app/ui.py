@@ -1,14 +1,14 @@
-"""The Blocks layout: a banner, then the Models, Label, Search and Explore tabs around one Studio."""
+"""The Blocks layout: a banner, then the Label, Search, Explore, Inside and Models tabs around one Studio."""
 
 from __future__ import annotations
 
 import gradio as gr
 
-from . import tab_explore, tab_label, tab_models, tab_search
+from . import tab_explore, tab_inside, tab_label, tab_models, tab_search, tab_train
 from .studio import Studio
 
-INTRO = ("# SigLIP 2 Studio\nZero-shot labelling, multilingual image search and an embedding explorer over "
-         "Google's SigLIP 2 encoders. Probabilities are SigLIP's sigmoid scores: independent per label.")
+INTRO = ("# SigLIP 2 Studio\nZero-shot labelling, multilingual image search, an embedding explorer and a look "
+         "inside Google's SigLIP 2 encoders. Probabilities are SigLIP's sigmoid scores: independent per label.")
 
 
 def build_app(studio: Studio) -> gr.Blocks:
@@ -22,6 +22,11 @@ def build_app(studio: Studio) -> gr.Blocks:
             tab_search.build(studio)
         with gr.Tab("Explore", id="explore"):
             tab_explore.build(studio)
+        with gr.Tab("Inside", id="inside"):
+            tab_inside.build(studio)
+        if studio.enable_training:
+            with gr.Tab("Fine-tune", id="train"):
+                tab_train.build(studio)
         with gr.Tab("Models", id="models"):
             tab_models.build(studio, banner_box)
     demo.queue(default_concurrency_limit=1, max_size=64)

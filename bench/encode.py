@@ -1,62 +1,264 @@
-"""Image-encoding throughput of the B/16 configuration, fixed 224 and NaFlex 256: the engine against
-the transformers model called plainly (its image processor + get_image_features), in one run.
+"""Image-encoding throughput of the B/16 configuration, fixed 224 and NaFlex 256, in one run on the same
+images: transformers called plainly (its image processor + get_image_features, fp32), the engine in fp32,
+the engine's int8 CPU path, and any other backend asked for, with each one's ratio to plain transformers
+and the cosine of its embeddings to the engine's fp32 ones.
 
-    python bench/encode.py [--images 64] [--batch 32] [--device cuda --dtype bf16]
+Timings on a shared machine are noisy, so the variants run interleaved, round after round, and each
+reports its median round. Generated (random-weight) checkpoints: real checkpoints, whose activations have
+outliers, need their own parity check (`--model DIR_OR_HUB_ID`).
+
+    python bench/encode.py [--images 24] [--rounds 2] [--batch 8] [--arch naflex] [--compile]
+    python bench/encode.py --device cuda --dtype bf16 [--images 2048] [--batch 0 = sized to the device] [--compile]
+    python bench/encode.py --build-only            (JPEG files → index against the model alone, int8 and fp32)
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
+
 from bench.common import checkpoint, machine, photos, timed  # noqa: E402
 
+TEXTS = ["a photo of a cat", "ein foto von einem hund im park", "a red car parked on the street at night",
+         "一只猫坐在沙发上", "une photo d'un chat sur le canapé", "a bowl of fruit on a wooden table"] * 4
 
-def plain_transformers(model, processor, images, batch: int):
+
+def plain_transformers(model, processor, images, batch: int) -> np.ndarray:
+    """What a careful user writes with transformers alone: batched processor + get_image_features."""
     import torch
 
+    chunks = []
     with torch.inference_mode():
         for start in range(0, len(images), batch):
             inputs = processor(images=images[start : start + batch], return_tensors="pt").to(model.device)
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-            model.get_image_features(**inputs)
+            output = model.get_image_features(**inputs).pooler_output
+            chunks.append(torch.nn.functional.normalize(output.float(), dim=-1).cpu().numpy())
+    return np.concatenate(chunks)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--size", default="base")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
-    args = parser.parse_args()
+def cosine_to(reference: np.ndarray, vectors: np.ndarray) -> str:
+    cosines = (reference * vectors).sum(axis=1)
+    return f"cos min {cosines.min():.5f} mean {cosines.mean():.5f}"
 
+
+def interleaved(variants: dict, rounds: int) -> dict[str, tuple[float, np.ndarray]]:
+    """{name: (median seconds, last output)}, running the variants in turn, `rounds` times."""
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    outputs = {}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            elapsed, outputs[name] = timed(run)
+            seconds[name].append(elapsed)
+    return {name: (statistics.median(times), outputs[name]) for name, times in seconds.items()}
+
+
+def compiled_copy(model):
+    """The same LoadedModel with its vision tower wrapped by torch.compile (dynamic shapes: NaFlex grids)."""
+    import copy
+
+    import torch
+
+    clone = copy.copy(model)
+    clone.model = copy.copy(model.model)
+    clone.model.vision_model = torch.compile(model.model.vision_model, dynamic=True)
+    return clone
+
+
+def cpu_comparison(args, arch: str) -> None:
     from PIL import Image
     from transformers import AutoImageProcessor
 
     from engine import load_model
-    from engine.model.encode import encode_images
+    from engine.model.encode import embed_pixel_batch, encode_images, encode_texts
+    from engine.model.images import open_image
 
-    print(f"machine: {machine()}")
+    source = args.model or str(checkpoint(arch, args.size))
+    fp32 = load_model(source, device="cpu", dtype="fp32", max_num_patches=args.max_patches)
+    int8 = load_model(source, dtype="int8", max_num_patches=args.max_patches)
+    if fp32.arch != arch:
+        return
+    processor = AutoImageProcessor.from_pretrained(str(fp32.directory))
+    if fp32.arch == "naflex":
+        processor.max_num_patches = fp32.image_preprocessor.max_num_patches
     paths = photos(args.images)
     decoded = [Image.open(p).convert("RGB") for p in paths]
-    for arch in ("fixed", "naflex"):
-        model = load_model(str(checkpoint(arch, args.size)), device=args.device, dtype=args.dtype)
-        processor = AutoImageProcessor.from_pretrained(str(model.directory))
-        encode_images(model, decoded[:4], batch_size=4)
-        plain_transformers(model.model, processor, decoded[:4], 4)
-        engine_s, _ = timed(encode_images, model, decoded, batch_size=args.batch)
-        plain_s, _ = timed(plain_transformers, model.model, processor, decoded, args.batch)
-        files_s, _ = timed(encode_images, model, paths, batch_size=args.batch)
-        label = f"{args.size} {arch} ({model.image_setting}), {model.device.type} {str(model.dtype)[6:]}"
-        print(f"{label}: engine {len(decoded) / engine_s:7.2f} img/s | transformers plain "
-              f"{len(decoded) / plain_s:7.2f} img/s | ratio {plain_s / engine_s:.2f}x | engine from JPEG files "
-              f"{len(paths) / files_s:7.2f} img/s")
-        del model
+    batch = args.batch or 8
+    print(f"\n{args.size if not args.model else source} {arch} {fp32.image_setting}, {len(paths)} JPEGs "
+          f"(640×480 to 1600×1200), batch {batch}, {args.rounds} interleaved rounds, median round:")
+
+    engines = {"engine fp32": fp32, "engine int8": int8}
+    if args.compile:
+        engines["engine fp32 + torch.compile"] = compiled_copy(fp32)
+        engines["engine int8 + torch.compile"] = compiled_copy(int8)
+    variants = {"transformers fp32 (plain)": lambda: plain_transformers(fp32.model, processor, decoded, batch)}
+    for name, model in engines.items():
+        variants[name] = lambda model=model: encode_images(model, decoded, batch_size=batch).vectors
+    variants["engine fp32, from JPEG files"] = lambda: encode_images(fp32, paths, batch_size=batch).vectors
+    variants["engine int8, from JPEG files"] = lambda: encode_images(int8, paths, batch_size=batch).vectors
+    warm = time.perf_counter()
+    for model in engines.values():  # first calls: allocator, thread pools, torch.compile's compilation
+        encode_images(model, decoded[:2], batch_size=2)
+    plain_transformers(fp32.model, processor, decoded[:2], 2)
+    print(f"  (warm-up {time.perf_counter() - warm:.0f} s)")
+
+    results = interleaved(variants, args.rounds)
+    plain_s = results["transformers fp32 (plain)"][0]
+    reference = results["engine fp32"][1]
+    for name, (seconds, vectors) in results.items():
+        print(f"  {name:34s} {len(paths) / seconds:8.2f} img/s  {plain_s / seconds:5.2f}× plain  "
+              f"{cosine_to(reference, vectors)}")
+
+    # the model alone, on already preprocessed images (what the int8 path changes), and the texts
+    prepared = [fp32.image_preprocessor(open_image(p)) for p in paths]
+
+    def model_only(model):
+        return np.concatenate([embed_pixel_batch(model, prepared[i : i + batch])
+                               for i in range(0, len(prepared), batch)])
+
+    timings = interleaved({name: (lambda m=m: model_only(m)) for name, m in engines.items()}, args.rounds)
+    base_s = timings["engine fp32"][0]
+    for name, (seconds, vectors) in timings.items():
+        print(f"  model only, {name:28s} {len(paths) / seconds:8.2f} img/s  {base_s / seconds:5.2f}× fp32  "
+              f"{cosine_to(timings['engine fp32'][1], vectors)}")
+    texts = interleaved({name: (lambda m=m: encode_texts(m, TEXTS).vectors) for name, m in engines.items()
+                         if "compile" not in name}, args.rounds)
+    base_s = texts["engine fp32"][0]
+    for name, (seconds, vectors) in texts.items():
+        print(f"  texts, {name:33s} {len(TEXTS) / seconds:8.2f} txt/s  {base_s / seconds:5.2f}× fp32  "
+              f"{cosine_to(texts['engine fp32'][1], vectors)}")
+    for name in ("engine int8", "engine fp32"):
+        build_against_model(engines[name], name, paths, batch)
+
+
+def build_comparison(args, arch: str) -> None:
+    from engine import load_model
+
+    source = args.model or str(checkpoint(arch, args.size))
+    paths = photos(args.images)
+    print(f"\n{args.size if not args.model else source} {arch}, {len(paths)} JPEGs, batch {args.batch or 8}:")
+    for dtype in ("int8", "fp32"):
+        model = load_model(source, device="cpu", dtype=dtype, max_num_patches=args.max_patches)
+        build_against_model(model, f"engine {dtype}", paths, args.batch or 8)
+
+
+def build_against_model(model, name: str, paths: list[Path], batch: int) -> None:
+    """JPEG files → stored vectors (build_index: read, hash, decode in threads, encode, commit) against the
+    model alone on the same images, measured before and after the build to even out the shared machine."""
+    import shutil
+
+    from engine.index.build import build_index
+    from engine.model.encode import embed_pixel_batch
+    from engine.model.images import open_image
+
+    prepared = [model.image_preprocessor(open_image(p)) for p in paths]
+
+    def model_only():
+        for start in range(0, len(prepared), batch):
+            embed_pixel_batch(model, prepared[start : start + batch])
+
+    model_only()  # warm-up
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "photos"
+        folder.mkdir()
+        for path in paths:
+            shutil.copy(path, folder / path.name)
+        before, _ = timed(model_only)
+        summary = build_index(model, folder, "bench", Path(scratch) / "indexes", batch_size=batch)
+        after, _ = timed(model_only)
+    model_rate = 2 * len(paths) / (before + after)
+    print(f"  index build, {name}: {summary.encoded} JPEG files → stored {summary.rate:6.2f} img/s, model only "
+          f"{model_rate:6.2f} img/s: {summary.rate / model_rate:.0%}")
+
+
+def device_batch(model, requested: int) -> int:
+    """Batch size for a GPU: as asked, or the largest power of two whose activations fit a quarter of the
+    free memory (about 6 MB per image for B/16 at 256 tokens in bf16, scaled by width and tokens)."""
+    import torch
+
+    if requested or model.device.type != "cuda":
+        return requested or 32
+    free, _ = torch.cuda.mem_get_info(model.device)
+    width = model.model.config.vision_config.hidden_size
+    per_image = 6e6 * (width / 768) ** 2 * (model.image_preprocessor.max_num_patches / 256)
+    batch = 32
+    while batch * 2 * per_image < free / 4 and batch < 4096:
+        batch *= 2
+    return batch
+
+
+def gpu_throughput(args, arch: str) -> None:
+    """bf16 (or --dtype), SDPA, device-sized batches, pinned host memory; model only and JPEG files → index."""
+    import torch
+
+    from engine import load_model
+    from engine.index.build import build_index
+    from engine.model.encode import embed_pixel_batch
+    from engine.model.images import open_image
+
+    source = args.model or str(checkpoint(arch, args.size))
+    model = load_model(source, device=args.device, dtype=args.dtype or ("bf16" if args.device != "cpu" else "fp32"),
+                       max_num_patches=args.max_patches)
+    if model.arch != arch:
+        return
+    if args.compile:
+        model.model.vision_model = torch.compile(model.model.vision_model, dynamic=model.arch == "naflex")
+    batch = device_batch(model, args.batch)
+    paths = photos(args.images)
+    distinct = [model.image_preprocessor(open_image(p)) for p in paths[:64]]
+    prepared = [distinct[i % len(distinct)] for i in range(batch)]
+    on_gpu = model.device.type == "cuda"
+    embed_pixel_batch(model, prepared)  # warm-up (and compilation)
+    if on_gpu:
+        torch.cuda.synchronize()
+    repeats = max(3, args.images // batch)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        embed_pixel_batch(model, prepared)  # returns numpy: each batch waits for the device anyway
+    if on_gpu:
+        torch.cuda.synchronize()
+    model_rate = repeats * batch / (time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as index_dir:
+        summary = build_index(model, paths[0].parent, "bench", index_dir, batch_size=batch)
+    device_name = torch.cuda.get_device_name(model.device) if on_gpu else model.device.type
+    print(f"{device_name}: {args.size} {arch} {model.image_setting} {model.precision}"
+          f"{' compiled' if args.compile else ''}, batch {batch}: model only {model_rate:,.0f} img/s | "
+          f"JPEG files → index {summary.rate:,.0f} img/s ({summary.encoded} images)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=0, help="0: 8 on the CPU, sized to the memory on a GPU")
+    parser.add_argument("--size", default="base", help="generated checkpoint size (tiny, small, base)")
+    parser.add_argument("--model", default=None, help="a real checkpoint (Hub id or folder) instead")
+    parser.add_argument("--arch", default="fixed,naflex")
+    parser.add_argument("--max-patches", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="GPU only: bf16 (default) or fp16")
+    parser.add_argument("--compile", action="store_true", help="also try torch.compile on the vision tower")
+    parser.add_argument("--build-only", action="store_true", help="CPU: only JPEG files → index against model only")
+    parser.add_argument("--throughput", action="store_true", help="the GPU mode's measurement on any device")
+    args = parser.parse_args()
+
+    print(f"machine: {machine()}")
+    for arch in args.arch.split(","):
+        if args.device == "cpu" and args.build_only:
+            build_comparison(args, arch)
+        elif args.device == "cpu" and not args.throughput:
+            cpu_comparison(args, arch)
+        else:
+            gpu_throughput(args, arch)
 
 
 if __name__ == "__main__":

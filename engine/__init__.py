@@ -1,6 +1,6 @@
-"""SigLIP 2 Studio engine: load, preprocess, encode, label, index, search and explore. Never imports the UI.
-
-Sub-packages, each depending only on those before it: `model` ← `label`, `index` ← `explore` ← `cli`.
+"""SigLIP 2 Studio engine: load, preprocess, encode, label, index, search, inspect and explore. Never imports
+the UI. Sub-packages, each depending only on those before it: `model` ← `label`, `index`, `inspect` ← `explore`
+← `train` ← `cli` (see engine/README.md).
 """
 
 from .errors import (ImageReadError, IndexStoreError, InspectError, LabelError, ModelLoadError, QueryError,

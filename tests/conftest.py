@@ -45,6 +45,25 @@ def any_model(request, naflex_model, fixed_model):
     return naflex_model if request.param == "naflex" else fixed_model
 
 
+@pytest.fixture(scope="session")
+def odd_models(tmp_path_factory):
+    """Both architectures with values unlike the reference wherever the engine reads one: patch 14, size 210,
+    196 patches, bicubic, CLIP's mean and std, random learned t and b."""
+    from engine import load_model
+    from engine.model.testmodel import make_test_model
+
+    return {arch: load_model(str(make_test_model(tmp_path_factory.mktemp(f"odd-{arch}"), arch=arch, seed=7,
+                                                 recipe="odd")))
+            for arch in ("naflex", "fixed")}
+
+
+@pytest.fixture(params=["naflex", "fixed", "naflex-odd", "fixed-odd"])
+def recipe_model(request, naflex_model, fixed_model, odd_models):
+    """Each architecture with the reference recipe and with the odd one: equality tests run on all four."""
+    arch, _, odd = request.param.partition("-")
+    return odd_models[arch] if odd else (naflex_model if arch == "naflex" else fixed_model)
+
+
 def random_image(height: int, width: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
     rng = np.random.default_rng(seed)
     # smooth-ish content so resizing filters matter
@@ -63,3 +82,33 @@ def image_files(tmp_path_factory):
         random_image(height, width, seed).save(path)
         paths.append(path)
     return paths
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium, headless, driven by Playwright (its own browser download is impossible here)."""
+    from playwright.sync_api import sync_playwright
+
+    from apphost import CHROMIUM
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield launched
+        launched.close()
+
+
+# Figures the robustness tests measure (files tried per category, path escapes, load), printed at the end of
+# the run so they can be read from the CI log.
+REPORT: dict[str, list[str]] = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REPORT:
+        terminalreporter.section("SigLIP 2 Studio: robustness figures")
+        for title, lines in REPORT.items():
+            terminalreporter.write_line(title)
+            for line in lines:
+                terminalreporter.write_line(f"  {line}")

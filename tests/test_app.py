@@ -57,14 +57,17 @@ def test_classify(client, photo_root):
 
 
 def test_classify_bad_input_is_a_clear_message(client, photo_root, tmp_path):
-    with pytest.raises(Exception, match="No labels"):
-        client.predict(handle_file(str(photo_root / "photos" / "photo 0.jpg")), " , ", "{}", api_name="/classify")
+    def error_of(*inputs) -> str:
+        """Errors replace the result in place: no scores, the message in the notes."""
+        scores, notes = client.predict(*inputs, api_name="/classify")
+        assert not scores and notes.startswith("⛔")
+        return notes
+
+    assert "No labels" in error_of(handle_file(str(photo_root / "photos" / "photo 0.jpg")), " , ", "{}")
     text_file = tmp_path / "notes.png"
     text_file.write_text("hello")
-    with pytest.raises(Exception, match="not an image"):
-        client.predict(handle_file(str(text_file)), "cat", "{}", api_name="/classify")
-    with pytest.raises(Exception, match="exactly once"):
-        client.predict(handle_file(str(photo_root / "photos" / "photo 0.jpg")), "cat", "a photo", api_name="/classify")
+    assert "not an image" in error_of(handle_file(str(text_file)), "cat", "{}")
+    assert "exactly once" in error_of(handle_file(str(photo_root / "photos" / "photo 0.jpg")), "cat", "a photo")
 
 
 def test_label_batch_and_exports(client, photo_root):
@@ -82,13 +85,55 @@ def test_label_batch_and_exports(client, photo_root):
     with zipfile.ZipFile(by_name["imagefolder.zip"]) as archive:
         folders = {name.split("/")[0] for name in archive.namelist()}
     assert folders == {"cat", "dog", "car"}
+    edited = {"headers": table["headers"], "data": [[row[0], "dog" if i == 0 else row[1], row[2]]
+                                                    for i, row in enumerate(rows)]}
+    exports, notes = client.predict(edited, api_name="/export_labels")
+    assert "Exported 8 image(s)" in notes
+    with open({Path(p).name: p for p in exports}["labels.csv"], encoding="utf-8") as handle:
+        assert list(csv.reader(handle))[1][1] == "dog"
+
+
+def test_uploads_keep_their_own_names(client, tmp_path):
+    uploads = []
+    for i, name in enumerate(["beach day.jpg", "Straße 2.png"]):
+        random_image(90, 120, seed=40 + i).save(tmp_path / name)
+        uploads.append(handle_file(str(tmp_path / name)))
+    table, notes, exports = client.predict(uploads, "", "cat, dog", "{}", 0.0, "single", api_name="/label_batch")
+    assert [row[0] for row in table["data"]] == ["beach day.jpg", "Straße 2.png"]
+    by_name = {Path(p).name: p for p in exports}
+    with open(by_name["labels.csv"], encoding="utf-8") as handle:
+        assert [row[0] for row in list(csv.reader(handle))[1:]] == ["beach day.jpg", "Straße 2.png"]
+    records = [json.loads(line) for line in open(by_name["labels.jsonl"], encoding="utf-8")]
+    assert [r["image"] for r in records] == ["beach day.jpg", "Straße 2.png"]
+    with zipfile.ZipFile(by_name["imagefolder.zip"]) as archive:
+        assert sorted(Path(n).name for n in archive.namelist() if not n.endswith("/")) == ["Straße 2.png",
+                                                                                          "beach day.jpg"]
+
+
+def test_rethresholding_does_not_encode_again(naflex_model, photo_root, tmp_path):
+    from app.studio import Studio
+    from app.tab_label import label_images
+
+    studio = Studio(index_dir=tmp_path, allowed_roots=[photo_root])
+    studio.model = naflex_model
+    batch = label_images(studio, [], str(photo_root / "photos"), "cat, dog, car", "{}")
+    calls = []
+    vision = naflex_model.model.vision_model
+    hook = vision.register_forward_hook(lambda *args: calls.append(1))  # counts real forward passes
+    try:
+        strict, loose = batch.assign(0.99, "single"), batch.assign(0.0, "multi")
+        assert all(len(a.labels) == 3 for a in loose) and all(len(a.labels) <= 1 for a in strict)
+        assert {a.export_name for a in loose} == {f"photo {i}.jpg" for i in range(8)}
+    finally:
+        hook.remove()
+    assert calls == []
 
 
 def test_folder_outside_allowed_roots_refused(client, tmp_path):
-    with pytest.raises(Exception, match="outside the folders"):
-        client.predict(None, str(tmp_path), "cat", "{}", 0.5, "multi", api_name="/label_batch")
-    with pytest.raises(Exception, match="outside the folders"):
-        client.predict("etc", None, "/etc", api_name="/build_index")
+    table, notes, exports = client.predict(None, str(tmp_path), "cat", "{}", 0.5, "multi", api_name="/label_batch")
+    assert not table["data"] and not exports and "outside the folders" in notes
+    notes, _ = client.predict("etc", None, "/etc", api_name="/build_index")
+    assert notes.startswith("⛔") and "outside the folders" in notes
 
 
 def test_build_search_and_explore(client, photo_root):
@@ -105,9 +150,9 @@ def test_build_search_and_explore(client, photo_root):
     figure, notes, nearest = client.predict("trip", "cluster", 3, "", "a dog", 20000, api_name="/explore")
     assert "UMAP" in notes or "PCA" in notes
     assert figure["plot"] and len(nearest) > 0
-    with pytest.raises(Exception, match="No index named"):
-        client.predict("missing", "cat", 5, -1, "", api_name="/search_text")
-    table, overlap = client.predict("trip", "a dog\nun chien", 4, api_name="/compare_languages")
+    gallery, notes = client.predict("missing", "cat", 5, -1, "", api_name="/search_text")
+    assert not gallery and "No index named" in notes
+    table, overlap, _ = client.predict("trip", "a dog\nun chien", 4, api_name="/compare_languages")
     assert overlap["headers"] == ["query", "a dog", "un chien"]
 
 
@@ -119,8 +164,8 @@ def test_uploads_build_an_index(client, tmp_path):
         paths.append(handle_file(str(path)))
     summary, choice = client.predict("uploaded", paths, "", api_name="/build_index")
     assert "3 encoded" in summary and choice["value"] == "uploaded"
-    with pytest.raises(Exception, match="not allowed"):
-        client.predict("../escape", paths, "", api_name="/build_index")
+    notes, _ = client.predict("../escape", paths, "", api_name="/build_index")
+    assert "not allowed" in notes
 
 
 def test_app_starts_without_a_model(tmp_path):
@@ -128,14 +173,16 @@ def test_app_starts_without_a_model(tmp_path):
                       env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     try:
         client = Client(host.url, verbose=False)
-        example = handle_file(str(Path(__file__).parents[1] / "assets/examples/red_circle.png"))
-        with pytest.raises(Exception, match="No model is loaded"):
-            client.predict(example, "cat", "{}", api_name="/classify")
-        with pytest.raises(Exception, match="No model is loaded"):
-            client.predict("any", "cat", 5, -1, "", api_name="/search_text")
-        summary, _ = client.predict(api_name="/load_test_model")
+        example = handle_file(str(Path(__file__).parents[1] / "assets/examples/cat.jpg"))
+        assert "No model is loaded" in client.predict(example, "cat", "{}", api_name="/classify")[1]
+        assert "No model is loaded" in client.predict("any", "cat", 5, -1, "", api_name="/search_text")[1]
+        summary, banner, notes = client.predict("/no/such/checkpoint", "", "auto", "auto", 256,
+                                                api_name="/load_model")
+        assert "no such model folder" in notes and summary == {"__type__": "update"}  # left as it was
+        summary, _, notes = client.predict(api_name="/load_test_model")
+        assert notes == ""
         assert "Untrained test model" in summary
-        scores, _ = client.predict(example, "a red circle, a blue square", "this is a photo of {}.",
+        scores, _ = client.predict(example, "a cat, a rocket launch", "this is a photo of {}.",
                                    api_name="/classify")
         assert len(scores["confidences"]) == 2
     finally:
@@ -170,8 +217,8 @@ def test_model_switch_during_a_job_is_refused(tmp_path, naflex_dir):
 
 
 def test_sequence_length_setting(client):
-    summary = client.predict(576, api_name="/set_max_patches")
+    summary, _ = client.predict(576, api_name="/set_max_patches")
     assert "NaFlex, 576 patches" in summary
-    with pytest.raises(Exception, match="between 16 and 4096"):
-        client.predict(5, api_name="/set_max_patches")
+    summary, notes = client.predict(5, api_name="/set_max_patches")
+    assert "between 16 and 4096" in notes
     client.predict(256, api_name="/set_max_patches")

@@ -3,32 +3,15 @@ labels an example image, builds an index, runs a search, clicks a point on the m
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from apphost import AppProcess
+from apphost import CHROMIUM, SHOTS, AppProcess
 from conftest import random_image
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"])
-        yield launched
-        launched.close()
 
 
 def test_label_and_search_in_a_browser(browser, tmp_path):
@@ -49,7 +32,7 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         page.locator("tbody tr").first.click()  # the first example row fills image, labels, template and runs
         page.locator("#label-image img").first.wait_for(timeout=30_000)
         scores = page.locator("#label-scores")
-        scores.get_by_text("a red circle").first.wait_for(timeout=60_000)
+        scores.get_by_text("an astronaut").first.wait_for(timeout=60_000)
         page.locator("#label-notes").get_by_text("Untrained test model").wait_for(timeout=30_000)
         page.get_by_label("Labels (comma or newline separated, any language)").fill("ein Hund, un chat")
         page.get_by_role("button", name="Label", exact=True).click()

@@ -20,12 +20,12 @@ def transformers_image_embeddings(model, images):
     return torch.nn.functional.normalize(output, dim=-1).numpy()
 
 
-def test_image_embeddings_equal_transformers(any_model, image_files):
+def test_image_embeddings_equal_transformers(recipe_model, image_files):
     from PIL import Image
 
-    engine = encode_images(any_model, image_files, batch_size=4)
+    engine = encode_images(recipe_model, image_files, batch_size=4)
     assert engine.sources == [str(p) for p in image_files] and not engine.failures
-    reference = transformers_image_embeddings(any_model, [Image.open(p).convert("RGB") for p in image_files])
+    reference = transformers_image_embeddings(recipe_model, [Image.open(p).convert("RGB") for p in image_files])
     assert (engine.vectors * reference).sum(axis=1).min() >= 0.99999
     assert engine.vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(engine.vectors, axis=1), 1.0, atol=1e-5)

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT / "engine"
 # A sub-package may import only from those on a lower layer (and from itself).
-LAYERS = {"errors": 0, "faults": 0, "model": 1, "label": 2, "index": 2, "inspect": 2, "explore": 3, "train": 4,
+LAYERS = {"errors": 0, "faults": 0, "paths": 0, "model": 1, "label": 2, "index": 2, "inspect": 2, "explore": 3, "train": 4,
           "cli": 5, "__init__": 6, "__main__": 6}
 
 
@@ -100,9 +100,11 @@ def test_the_layout_checks_can_fail(tmp_path):
 
 
 def readme_python_example() -> str:
+    """The first Python block of the README's "Python API" and "Looking inside" sections, in that order."""
     text = (ROOT / "README.md").read_text()
-    section = text.split("## Python API", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    blocks = [re.search(r"```python\n(.*?)```", text.split(heading, 1)[1], re.S).group(1)
+              for heading in ("## Python API", "## Looking inside")]
+    return "\n".join(blocks)
 
 
 def test_readme_python_example_runs_as_written(naflex_dir, tmp_path, monkeypatch):
@@ -126,3 +128,4 @@ def test_readme_python_example_runs_as_written(naflex_dir, tmp_path, monkeypatch
     exec(compile(code.replace(model_id, str(naflex_dir)), "README.md", "exec"), namespace)
     assert namespace["result"].probabilities.shape[0] == 2
     assert namespace["hits"] and namespace["summary"].images == 3
+    assert namespace["maps"].maps.shape[0] == 2 and (work / "maps.png").stat().st_size > 1000

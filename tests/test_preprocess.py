@@ -43,13 +43,13 @@ def _transformers_inputs(directory, images):
 
 
 @pytest.mark.parametrize("size", [(224, 224), (480, 640), (37, 53), (1024, 224), (2200, 1700)])
-def test_pixels_equal_transformers_processor(any_model, size):
+def test_pixels_equal_transformers_processor(recipe_model, size):
     image = random_image(*size, seed=size[0])
-    prepared = any_model.image_preprocessor(image)
-    batch = any_model.image_preprocessor.collate([prepared])
-    reference = _transformers_inputs(any_model.directory, [image])
+    prepared = recipe_model.image_preprocessor(image)
+    batch = recipe_model.image_preprocessor.collate([prepared])
+    reference = _transformers_inputs(recipe_model.directory, [image])
     np.testing.assert_allclose(batch.pixel_values.numpy(), reference["pixel_values"].numpy(), atol=1e-5)
-    if any_model.arch == "naflex":
+    if recipe_model.arch == "naflex":
         np.testing.assert_array_equal(batch.pixel_attention_mask.numpy(), reference["pixel_attention_mask"].numpy())
         np.testing.assert_array_equal(batch.spatial_shapes.numpy(), reference["spatial_shapes"].numpy())
 

@@ -110,3 +110,25 @@ def test_index_export_in_chunks(naflex_model, tmp_path, fmt):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 10 and {int(r["row"]) for r in rows} == set(range(9))  # the copy shares a row
     assert all(int(r["image_id"]) == ids[int(r["row"])] for r in rows)
+
+
+def test_quick_map_while_umap_compiles_then_umap(naflex_model, tmp_path):
+    from engine.explore import map as explore_map
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(20):
+        random_image(50 + i, 60, seed=800 + i).save(folder / f"{i}.png")
+    build_index(naflex_model, folder, "quick", tmp_path / "idx")
+    was_warm = explore_map.umap_is_warm()
+    explore_map._umap_ready.clear()  # as right after a server start
+    try:
+        with ImageIndex.open("quick", tmp_path / "idx") as index:
+            early = explore_map.explore_index(index, naflex_model, quick=True)
+            assert early.projection.method == "pca" and not list(index.path.glob("projection-*.npz"))
+            explore_map.warm_up_umap()
+            later = explore_map.explore_index(index, naflex_model, quick=True)
+            assert later.projection.method == "umap" and len(list(index.path.glob("projection-*.npz"))) == 1
+    finally:
+        if was_warm:
+            explore_map._umap_ready.set()

@@ -7,9 +7,9 @@ import logging
 import sys
 
 from ..errors import StudioError
-from . import index, label, model
+from . import index, inspect, label, model, train
 
-COMMAND_GROUPS = (model, label, index)
+COMMAND_GROUPS = (model, label, index, inspect, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,8 @@ def progress_bar(description: str):
 def add_model_options(parser: argparse.ArgumentParser, default_model: str | None = DEFAULT_MODEL) -> None:
     parser.add_argument("--model", default=default_model, help="Hub id or local checkpoint folder")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
-    parser.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: bf16 on cuda, else fp32)")
+    parser.add_argument("--dtype", default=None,
+                        help="fp32, bf16, fp16 or int8 (the CPU fast path) (default: bf16 on cuda, else fp32)")
     parser.add_argument("--max-patches", type=int, default=None, help="NaFlex sequence length (default 256)")
 
 

@@ -15,9 +15,9 @@ from .common import add_model_options, load_from_args, progress_bar, warn_all
 
 
 def describe_build(summary: BuildSummary) -> str:
-    lines = [f"{summary.name}: {summary.scanned} files scanned in {summary.seconds:.1f} s — {summary.encoded} encoded "
-             f"({summary.rate:.1f}/s), {summary.linked} linked to stored content, {summary.unchanged} unchanged, "
-             f"{summary.removed} removed, {len(summary.skipped)} skipped; index holds {summary.images} images "
+    lines = [f"{summary.name}: {summary.scanned} files scanned in {summary.seconds:.1f} s — "
+             f"{summary.encoded} encoded ({summary.rate:.1f}/s), {summary.linked} linked to stored content, "
+             f"{summary.unchanged} unchanged, {summary.removed} removed, {len(summary.skipped)} skipped; index holds {summary.images} images "
              f"({summary.files} files), {summary.index_type}"]
     lines += [f"  skipped {path}: {reason}" for path, reason in summary.skipped]
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from .common import add_model_options, load_from_args, progress_bar, warn_all
 
 def cmd_make_test_model(args) -> int:
     out = make_test_model(args.dir, arch=args.arch, size=args.size, seed=args.seed,
-                          image_size=args.image_size, max_patches=args.max_patches)
+                          image_size=args.image_size, max_patches=args.max_patches, recipe=args.recipe)
     print(f"wrote an untrained {args.size} {args.arch} checkpoint to {out}")
     return 0
 
@@ -56,8 +56,10 @@ def add_commands(commands) -> None:
     make.add_argument("--size", choices=["tiny", "small", "base"], default="tiny",
                       help="base = the real B/16 configuration (about 375M parameters)")
     make.add_argument("--seed", type=int, default=0)
-    make.add_argument("--image-size", type=int, default=224, help="fixed-resolution models")
-    make.add_argument("--max-patches", type=int, default=256, help="NaFlex models")
+    make.add_argument("--recipe", choices=["reference", "odd"], default="reference",
+                      help="odd: non-reference preprocessing and learned t, b everywhere (for tests)")
+    make.add_argument("--image-size", type=int, default=None, help="fixed-resolution models (default 224)")
+    make.add_argument("--max-patches", type=int, default=None, help="NaFlex models (default 256)")
     make.set_defaults(func=cmd_make_test_model)
 
     embed = commands.add_parser("embed", help="L2-normalised embeddings of images and/or texts to .npy")

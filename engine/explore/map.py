@@ -6,6 +6,7 @@ It sits above both the index (the points) and labelling (the zero-shot colours).
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,21 +47,49 @@ class Projection:
         return (self.coords[top] * weights[:, None]).sum(axis=0) / weights.sum()
 
 
-def _layout(vectors: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
-    if len(vectors) < 8:
-        centred = vectors - vectors.mean(axis=0)
-        _, _, components = np.linalg.svd(centred, full_matrices=False)
-        coords = centred @ components[:2].T if len(vectors) > 1 else np.zeros((len(vectors), 2))
-        return np.pad(coords, ((0, 0), (0, max(0, 2 - coords.shape[1])))).astype(np.float32), "pca"
+_umap_ready = threading.Event()
+
+
+def warm_up_umap() -> None:
+    """Compile UMAP's numba code on a few random points (its first call costs ~40 s on a small CPU): run it in
+    a background thread when a server starts, so the first real map is fast."""
+    if not _umap_ready.is_set():
+        _umap_layout(np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32), 0)
+        _umap_ready.set()
+
+
+def umap_is_warm() -> bool:
+    return _umap_ready.is_set()
+
+
+def _pca_layout(vectors: np.ndarray) -> np.ndarray:
+    centred = vectors - vectors.mean(axis=0)
+    _, _, components = np.linalg.svd(centred, full_matrices=False)
+    coords = centred @ components[:2].T if len(vectors) > 1 else np.zeros((len(vectors), 2))
+    return np.pad(coords, ((0, 0), (0, max(0, 2 - coords.shape[1])))).astype(np.float32)
+
+
+def _layout(vectors: np.ndarray, seed: int, quick: bool = False) -> tuple[np.ndarray, str]:
+    """UMAP, or PCA for very few points or (`quick`) while UMAP is still compiling."""
+    if len(vectors) < 8 or (quick and not umap_is_warm()):
+        return _pca_layout(vectors), "pca"
+    coords = _umap_layout(vectors, seed)
+    _umap_ready.set()
+    return coords, "umap"
+
+
+def _umap_layout(vectors: np.ndarray, seed: int) -> np.ndarray:
     import umap
 
     reducer = umap.UMAP(n_neighbors=min(15, len(vectors) - 1), metric="cosine", random_state=seed,
                         init="spectral" if len(vectors) > 50 else "random")
-    return reducer.fit_transform(vectors).astype(np.float32), "umap"
+    return reducer.fit_transform(vectors).astype(np.float32)
 
 
-def project_index(index: ImageIndex, max_points: int = DEFAULT_MAX_POINTS, seed: int = 0) -> Projection:
-    """UMAP of the index's embeddings (subsampled above `max_points`), cached beside the index."""
+def project_index(index: ImageIndex, max_points: int = DEFAULT_MAX_POINTS, seed: int = 0,
+                  quick: bool = False) -> Projection:
+    """UMAP of the index's embeddings (subsampled above `max_points`), cached beside the index. `quick`: a PCA
+    layout at once (not cached) while UMAP's first compilation is still running elsewhere."""
     total = index.catalog.count_images()
     cache = Path(index.path) / f"projection-v{index.catalog.version}-{max_points}-{seed}.npz"
     if cache.exists():
@@ -73,7 +102,9 @@ def project_index(index: ImageIndex, max_points: int = DEFAULT_MAX_POINTS, seed:
     vectors = index.catalog.embeddings_for(ids, index.dim)
     if total == 0:
         return Projection(ids, np.zeros((0, 2), np.float32), vectors, 0, "umap")
-    coords, method = _layout(vectors, seed)
+    coords, method = _layout(vectors, seed, quick)
+    if method == "pca" and len(vectors) >= 8:
+        return Projection(ids, coords, vectors, total, method)  # a stand-in: the next map will be UMAP
     try:  # the cache is a convenience: a read-only index folder just recomputes next time
         for old in Path(index.path).glob("projection-*.npz"):
             old.unlink(missing_ok=True)
@@ -118,12 +149,12 @@ class ExploreMap:
 
 def explore_index(index: ImageIndex, model: LoadedModel, colour_by: str = "cluster", clusters: int = 8,
                   labels: str = "", query: str = "", max_points: int = DEFAULT_MAX_POINTS,
-                  nearest: int = 12) -> ExploreMap:
+                  nearest: int = 12, quick: bool = False) -> ExploreMap:
     """The map of an index, coloured by k-means cluster or best zero-shot label, with `query` placed on it."""
     if colour_by not in COLOURINGS:
         raise StudioError(f"Colour by {colour_by!r}: choose one of {', '.join(COLOURINGS)}.")
     index.check_model(model)
-    projection = project_index(index, max_points=int(max_points))
+    projection = project_index(index, max_points=int(max_points), quick=quick)
     if not len(projection.image_ids):
         raise IndexStoreError(f"Index {index.path.name!r} is empty.")
     records = index.catalog.images(projection.image_ids)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import ImageReadError, IndexStoreError
 from ..faults import crash_point
-from ..model.encode import ProgressCallback, embed_pixel_batch, ordered_parallel_map
+from ..model.encode import ProgressCallback, decode_target, embed_pixel_batch, ordered_parallel_map
 from ..model.images import IMAGE_EXTENSIONS, FileState, decode_image_bytes, read_file_bytes, scan_folder
 from ..model.loading import LoadedModel
 from ..model.preprocess import PreparedImage
@@ -98,6 +98,7 @@ class _FolderBuild:
         """Read, hash and decode in worker threads; link known contents, encode new ones, commit in batches."""
         # worker threads look hashes up through their own read-only connection, one at a time
         reader, reader_lock = Catalog(self.index.path / "catalog.sqlite", readonly=True), threading.Lock()
+        target = decode_target(self.model)
 
         def read(state: FileState) -> _Read:
             try:
@@ -106,7 +107,8 @@ class _FolderBuild:
                     known = reader.image_id_for_hash(sha)
                 if known is not None:
                     return _Read(state, sha, known_id=known)
-                return _Read(state, sha, image=self.model.image_preprocessor(decode_image_bytes(data, state.path)))
+                image, full_size = decode_image_bytes(data, state.path, target)
+                return _Read(state, sha, image=self.model.image_preprocessor(image, full_size))
             except ImageReadError as error:
                 return _Read(state, failure=error.reason)
 
@@ -162,15 +164,18 @@ def build_index(
     factory: str | None = None,
     save_every_seconds: float = 60.0,
     workers: int | None = None,
+    mixed_precision: bool = False,
 ) -> BuildSummary:
-    """Create or update index `name` from `folder`; safe to kill at any moment and run again."""
+    """Create or update index `name` from `folder`; safe to kill at any moment and run again.
+
+    `mixed_precision`: knowingly add vectors of the model's precision to an index built in another one."""
     start = time.perf_counter()
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise IndexStoreError(f"{folder}: not a folder")
     root = root.absolute()
     summary = BuildSummary(name=name, folder=str(root))
-    with ImageIndex.create(name, model, index_dir, factory=factory) as index:
+    with ImageIndex.create(name, model, index_dir, factory=factory, mixed_precision=mixed_precision) as index:
         build = _FolderBuild(model, index, root, summary, batch_size, save_every_seconds)
         build.run(build.plan(), progress, workers)
         index.replan()

@@ -2,6 +2,8 @@
 
 Query syntax: terms joined by ` + ` or ` - `, each optionally weighted `W:term`; a term that names an
 existing image file is an image query, anything else is text. Example: `2:red car + ./photo.jpg - night`.
+A shared server passes its `AllowedRoots`: then only image files inside them are read, and any other
+path is searched as text, without saying whether such a file exists.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from PIL import Image
 from ..errors import QueryError
 from ..model.encode import encode_images, encode_texts
 from ..model.images import IMAGE_EXTENSIONS
+from ..model.text import short_text
 from ..model.loading import LoadedModel
 from ..model.score import probabilities_from_cosine
+from ..paths import AllowedRoots
 from .store import ImageIndex
 
 _SPLIT = re.compile(r"\s+([+-])\s+")
@@ -31,7 +35,20 @@ class QueryTerm:
     value: str
 
 
-def _term(sign: str, raw: str) -> QueryTerm:
+def looks_like_image_path(text: str) -> bool:
+    return Path(text.strip()).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _is_readable_image(raw: str, readable: AllowedRoots | None) -> bool:
+    if not looks_like_image_path(raw):
+        return False
+    if readable is None:
+        return Path(raw).expanduser().is_file()
+    real = readable.resolve(raw)
+    return real is not None and real.is_file()
+
+
+def _term(sign: str, raw: str, readable: AllowedRoots | None) -> QueryTerm:
     raw = raw.strip()
     weight = 1.0
     match = _WEIGHT.match(raw)
@@ -39,18 +56,19 @@ def _term(sign: str, raw: str) -> QueryTerm:
         weight, raw = float(match.group(1)), match.group(2).strip()
     if not raw:
         raise QueryError("Empty term in query: write e.g. `2:red car + ./photo.jpg - night`.")
-    is_image = Path(raw).suffix.lower() in IMAGE_EXTENSIONS and Path(raw).expanduser().is_file()
-    return QueryTerm(-weight if sign == "-" else weight, "image" if is_image else "text", raw)
+    kind = "image" if _is_readable_image(raw, readable) else "text"
+    return QueryTerm(-weight if sign == "-" else weight, kind, raw)
 
 
-def parse_query(query: str) -> list[QueryTerm]:
-    """Split a combined query into weighted text and image terms."""
+def parse_query(query: str, readable: AllowedRoots | None = None) -> list[QueryTerm]:
+    """Split a combined query into weighted text and image terms; with `readable`, only image files inside
+    those roots become image terms."""
     query = (query or "").strip()
     if not query:
         raise QueryError("Empty query: type what to look for, or give an example image.")
     parts = _SPLIT.split(query)
-    terms = [_term("+", parts[0])]
-    terms += [_term(sign, raw) for sign, raw in zip(parts[1::2], parts[2::2])]
+    terms = [_term("+", parts[0], readable)]
+    terms += [_term(sign, raw, readable) for sign, raw in zip(parts[1::2], parts[2::2])]
     if all(t.weight <= 0 for t in terms):
         raise QueryError("A query needs at least one positive term.")
     return terms
@@ -63,15 +81,19 @@ class QueryVector:
     warnings: list[str] = field(default_factory=list)
 
 
-def embed_query(model: LoadedModel, query: str | Image.Image | list[QueryTerm]) -> QueryVector:
+def embed_query(model: LoadedModel, query: str | Image.Image | list[QueryTerm],
+                readable: AllowedRoots | None = None) -> QueryVector:
     """The query's embedding: a weighted sum of its terms' normalised embeddings, renormalised."""
     if isinstance(query, Image.Image):
         terms, images = [QueryTerm(1.0, "image", "(uploaded image)")], [query]
     else:
-        terms = parse_query(query) if isinstance(query, str) else list(query)
+        terms = parse_query(query, readable) if isinstance(query, str) else list(query)
         images = [t.value for t in terms if t.kind == "image"]
     texts = [t.value for t in terms if t.kind == "text"]
-    warnings: list[str] = []
+    warnings: list[str] = [f"“{short_text(t.value)}” was searched as text: "
+                           + ("only image files inside this server's allowed folders can be query images"
+                              if readable is not None else "no such image file")
+                           for t in terms if t.kind == "text" and looks_like_image_path(t.value)]
     vectors: dict[int, np.ndarray] = {}
     if texts:
         encoded = encode_texts(model, texts)
@@ -112,12 +134,19 @@ class SearchResult:
 
 
 def search(index: ImageIndex, model: LoadedModel, query: str | Image.Image | list[QueryTerm], k: int = 20,
-           min_score: float | None = None, path_contains: str | None = None) -> SearchResult:
-    """Top-k images for a query, best first; optional score threshold and path/folder filter."""
+           min_score: float | None = None, path_contains: str | None = None,
+           readable: AllowedRoots | None = None) -> SearchResult:
+    """Top-k images for a query, best first; optional score threshold and path/folder filter. `readable`:
+    the folders a shared server may read query images from (None: any file, for local use)."""
     index.check_model(model)
     if k < 1:
         raise QueryError("k must be at least 1")
-    embedded = embed_query(model, query)
+    label = query if isinstance(query, str) else "(image)"
+    if isinstance(query, str):
+        query = parse_query(query, readable)
+    if isinstance(query, Image.Image) or any(t.kind == "image" for t in query):
+        index.check_image_setting(model)  # image queries must be encoded as the index's images were
+    embedded = embed_query(model, query, readable)
     allowed = index.ids_matching_path(path_contains) if path_contains else None
     hits: list[SearchHit] = []
     if index.index.ntotal and (allowed is None or len(allowed)):
@@ -133,7 +162,6 @@ def search(index: ImageIndex, model: LoadedModel, query: str | Image.Image | lis
                 continue
             paths = [p for p in record.paths if not path_contains or path_contains in p] or record.paths
             hits.append(SearchHit(paths[0], paths, score, probability, image_id, record.width, record.height))
-    label = query if isinstance(query, str) else "(image)"
     return SearchResult(label, hits, embedded.terms, embedded.warnings, model.untrained)
 
 
@@ -146,11 +174,12 @@ class QueryComparison:
     overlap: np.ndarray  # (q, q) float32: images in both top-k lists / images in row query's top-k
 
 
-def compare_queries(index: ImageIndex, model: LoadedModel, queries: list[str], k: int = 12) -> QueryComparison:
+def compare_queries(index: ImageIndex, model: LoadedModel, queries: list[str], k: int = 12,
+                    readable: AllowedRoots | None = None) -> QueryComparison:
     """Search each query and measure the overlap of their top-k, by image (not by file name)."""
     if len(queries) < 2:
         raise QueryError("Give at least two versions of the query, one per line.")
-    results = [search(index, model, query, k=k) for query in queries]
+    results = [search(index, model, query, k=k, readable=readable) for query in queries]
     tops = [{hit.image_id for hit in result.hits} for result in results]
     overlap = np.array([[len(a & b) / max(len(a), 1) for b in tops] for a in tops], dtype=np.float32)
     return QueryComparison(list(queries), results, overlap)

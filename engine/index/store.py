@@ -30,6 +30,7 @@ INDEX_DIR_ENV = "STUDIO_INDEX_DIR"
 _NAME = re.compile(r"^[\w][\w .-]{0,63}$")
 _FAISS_FILE = re.compile(r"^vectors\.v(\d+)\.faiss$")
 FINGERPRINT_TEXT = "siglip 2 studio index fingerprint"
+LEGACY_PRECISION = "fp32"  # indexes written before precisions were recorded were all built in fp32
 
 
 def default_index_dir() -> Path:
@@ -76,13 +77,15 @@ class IndexInfo:
     schema_version: int
     untrained: bool  # built with a generated, random-weight model
     created_at: float
+    precision: str = LEGACY_PRECISION  # of the model that built it: fp32, bf16, fp16, int8, or "mixed (…)"
 
 
 class ImageIndex:
     """Open with `ImageIndex.open(name)` (read-only) or `ImageIndex.open(name, writable=True)`."""
 
-    def __init__(self, path: Path, catalog: Catalog, lock: FileLock | None):
+    def __init__(self, path: Path, catalog: Catalog, lock: FileLock | None, mixed_precision: bool = False):
         self.path = path
+        self.mixed_precision = mixed_precision  # the caller knowingly uses a model of another precision
         self.catalog = catalog
         self.lock = lock
         self.meta = catalog.get_meta()
@@ -102,31 +105,37 @@ class ImageIndex:
         return lock
 
     @classmethod
-    def create(cls, name: str, model: LoadedModel, index_dir=None, factory: str | None = None) -> "ImageIndex":
+    def create(cls, name: str, model: LoadedModel, index_dir=None, factory: str | None = None,
+               mixed_precision: bool = False) -> "ImageIndex":
         path = index_path(name, index_dir)
         if (path / "catalog.sqlite").exists():
-            return cls.open(name, index_dir, writable=True, model=model)
+            opened = cls.open(name, index_dir, writable=True, model=model, mixed_precision=mixed_precision)
+            if model.precision not in opened.precisions:  # knowingly extended: say so from now on
+                opened._set_meta(precision=f"mixed ({', '.join(opened.precisions + [model.precision])})")
+            return opened
         path.mkdir(parents=True, exist_ok=True)
         lock = cls._acquire(path)
         catalog = Catalog(path / "catalog.sqlite")
         catalog.set_meta(
             model=model.name, arch=model.arch, image_setting=list(model.image_setting), dim=model.embed_dim,
             patch_size=model.patch_size, max_num_patches=model.image_preprocessor.max_num_patches,
-            fingerprint=model_fingerprint(model), untrained=model.untrained,
+            fingerprint=model_fingerprint(model), untrained=model.untrained, precision=model.precision,
             factory_override=factory, factory="Flat", trained_for=0, search_params={}, recall_estimate=None,
             schema_version=SCHEMA_VERSION, created_at=time.time(), version=0, logit_scale=model.logit_scale,
             logit_bias=model.logit_bias)
-        return cls(path, catalog, lock)
+        return cls(path, catalog, lock, mixed_precision)
 
     @classmethod
-    def open(cls, name: str, index_dir=None, writable: bool = False, model: LoadedModel | None = None) -> "ImageIndex":
+    def open(cls, name: str, index_dir=None, writable: bool = False, model: LoadedModel | None = None,
+             mixed_precision: bool = False) -> "ImageIndex":
+        """`mixed_precision`: accept a model whose precision differs from the index's (see `check_model`)."""
         path = index_path(name, index_dir)
         if not (path / "catalog.sqlite").exists():
             raise IndexStoreError(f"No index named {name!r} in {path.parent}. Build it first "
                                   f"(python -m engine index build FOLDER --name {name}).")
         lock = cls._acquire(path) if writable else None
         try:
-            opened = cls(path, Catalog(path / "catalog.sqlite", readonly=not writable), lock)
+            opened = cls(path, Catalog(path / "catalog.sqlite", readonly=not writable), lock, mixed_precision)
         except Exception:
             if lock:
                 lock.release()
@@ -136,7 +145,13 @@ class ImageIndex:
             raise IndexStoreError(f"Index {name!r} has schema {opened.meta.get('schema_version')}, this version "
                                   f"reads {SCHEMA_VERSION}; rebuild it.")
         if model is not None:
-            opened.check_model(model)
+            try:
+                opened.check_model(model)
+                if writable:
+                    opened.check_image_setting(model)
+            except IndexStoreError:
+                opened.close()  # release the lock: the caller may retry with another model in this process
+                raise
         return opened
 
     def close(self) -> None:
@@ -161,6 +176,41 @@ class ImageIndex:
             raise IndexStoreError(
                 f"Index {self.path.name!r} was built with {built_with} ({self.meta['arch']}, {self.dim}-d); the "
                 f"loaded model is {model.name} ({model.arch}, {model.embed_dim}-d). Load {built_with} to use it.")
+        self.check_precision(model)
+
+    @property
+    def precision(self) -> str:
+        return self.meta.get("precision") or LEGACY_PRECISION
+
+    @property
+    def precisions(self) -> list[str]:
+        """The precisions the stored vectors were computed in."""
+        text = self.precision
+        return text[len("mixed ("):-1].split(", ") if text.startswith("mixed (") else [text]
+
+    def check_precision(self, model: LoadedModel) -> None:
+        """Refuse an int8 model for a float index and the reverse, unless the caller asked for it: quantized
+        vectors agree with float ones only to about 0.9997 cosine, so rankings shift slightly. fp32, bf16 and
+        fp16 count as one family (an index built on a GPU in bf16 is searched on a CPU in fp32)."""
+        family = lambda precision: "int8" if precision == "int8" else "float"  # noqa: E731
+        if self.mixed_precision or {family(p) for p in self.precisions} == {family(model.precision)}:
+            return
+        raise IndexStoreError(
+            f"Index {self.path.name!r} holds {self.precision} embeddings; the loaded model runs in {model.precision}. "
+            f"Load the model with --dtype {self.precisions[0]} (dtype={self.precisions[0]!r}) to use the index as "
+            f"built, or build a new index under another name in {model.precision}; to mix precisions on purpose, "
+            "open the index with mixed_precision=True (ImageIndex.open / build_index).")
+
+    def check_image_setting(self, model: LoadedModel) -> None:
+        """Refuse to encode images for this index at another NaFlex sequence length than it was built at:
+        embeddings made at different lengths would be mixed (text queries do not depend on it)."""
+        built_at = self.meta.get("max_num_patches")
+        now = model.image_preprocessor.max_num_patches
+        if model.arch == "naflex" and built_at and int(built_at) != now:
+            raise IndexStoreError(
+                f"Index {self.path.name!r} was built at a NaFlex sequence length of {built_at} patches and the "
+                f"model is set to {now}. Set the sequence length back to {built_at} (Models tab, or --max-patches "
+                f"{built_at}) to add or search by images, or build a new index at {now}.")
 
     # the FAISS file ----------------------------------------------------------------------------
     def _faiss_files(self) -> dict[int, Path]:
@@ -298,7 +348,7 @@ class ImageIndex:
             images=self.catalog.count_images(), files=self.catalog.count_files(),
             skipped=len(self.catalog.skipped()), version=self.catalog.version,
             schema_version=meta["schema_version"], untrained=bool(meta.get("untrained", meta.get("untrained_model"))),
-            created_at=meta["created_at"])
+            created_at=meta["created_at"], precision=self.precision)
 
 
 def list_indexes(index_dir=None) -> list[str]:

@@ -16,6 +16,8 @@ from typing import Iterable
 import faiss
 import numpy as np
 
+from ..errors import IndexStoreError
+
 FLAT_MAX = 20_000
 DEFAULT_MEMORY_BUDGET = 1.2 * 2**30  # bytes for the index itself
 DEFAULT_RECALL_TARGET = 0.95
@@ -184,11 +186,21 @@ def fsync_directory(directory: Path) -> None:
 
 
 def write_index_atomic(index: faiss.Index, path: Path) -> None:
-    """Write to a temporary file, fsync, rename over `path`, fsync the folder."""
+    """Write to a temporary file, fsync, rename over `path`, fsync the folder. A failed write (a full disk)
+    removes the temporary file and leaves the previous file as it was."""
     tmp = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
+    try:
+        faiss.write_index(index, str(tmp))
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+    except (RuntimeError, OSError) as error:  # faiss reports a failed fwrite as RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = "no space left on device" if "space" in str(error).lower() or getattr(error, "errno", 0) == 28 \
+            else str(error).strip().splitlines()[-1][:200]
+        raise IndexStoreError(
+            f"Saving the index in {path.parent.name!r} failed ({reason}). Everything already stored is safe in "
+            "its catalogue and the previous index file is intact; free some space and build again (stored "
+            "images are not encoded again).") from None
     os.replace(tmp, path)
     fsync_directory(path.parent)
 

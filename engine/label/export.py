@@ -19,13 +19,20 @@ UNLABELLED = "_unlabelled"
 
 @dataclass
 class LabelAssignment:
-    image: str
+    image: str  # the file that was read
     labels: list[str]  # chosen labels, best first (empty: none reached the threshold)
     probabilities: list[float]  # of the chosen labels
+    name: str = ""  # how exports name the image (e.g. an upload's original file name); empty: `image`
+
+    @property
+    def export_name(self) -> str:
+        return self.name or self.image
 
 
-def assign_labels(result: ZeroShotResult, threshold: float = 0.5, mode: str = "multi") -> list[LabelAssignment]:
-    """Multi-label: every label with probability ≥ threshold. Single-label: the best label, if ≥ threshold."""
+def assign_labels(result: ZeroShotResult, threshold: float = 0.5, mode: str = "multi",
+                  names: dict[str, str] | None = None) -> list[LabelAssignment]:
+    """Multi-label: every label with probability ≥ threshold. Single-label: the best label, if ≥ threshold.
+    `names` maps an image's source to the name exports give it (default: the source itself)."""
     if mode not in ("multi", "single"):
         raise LabelError("mode must be 'multi' or 'single'")
     assignments = []
@@ -35,7 +42,8 @@ def assign_labels(result: ZeroShotResult, threshold: float = 0.5, mode: str = "m
         if mode == "single":
             chosen = chosen[:1]
         assignments.append(LabelAssignment(image, [result.labels[i] for i in chosen],
-                                           [float(result.probabilities[row, i]) for i in chosen]))
+                                           [float(result.probabilities[row, i]) for i in chosen],
+                                           (names or {}).get(image, "")))
     return assignments
 
 
@@ -46,7 +54,7 @@ def export_csv(result: ZeroShotResult, assignments: list[LabelAssignment], path:
         writer = csv.writer(handle)
         writer.writerow(["image", "labels"] + [f"p({label})" for label in result.labels])
         for row, assignment in enumerate(assignments):
-            writer.writerow([assignment.image, ";".join(assignment.labels)]
+            writer.writerow([assignment.export_name, ";".join(assignment.labels)]
                             + [f"{p:.6f}" for p in result.probabilities[row]])
     return path
 
@@ -56,6 +64,7 @@ def export_jsonl(result: ZeroShotResult, assignments: list[LabelAssignment], pat
     path = Path(path)
     with open(path, "w", encoding="utf-8") as handle:
         for record, assignment in zip(result.records(), assignments):
+            record["image"] = assignment.export_name
             record["labels"] = assignment.labels
             record["untrained"] = result.untrained
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -78,10 +87,10 @@ def export_imagefolder(assignments: list[LabelAssignment], out_dir: str | Path) 
         for label in assignment.labels or [UNLABELLED]:
             folder = out / safe_folder_name(label)
             folder.mkdir(exist_ok=True)
-            target = folder / source.name
+            target = folder / Path(assignment.export_name).name
             stem, number = target.stem, 1
             while target.exists():
-                target = folder / f"{stem}_{number}{source.suffix}"
+                target = folder / f"{stem}_{number}{target.suffix}"
                 number += 1
             shutil.copy2(source, target)
     return out

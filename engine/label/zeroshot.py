@@ -18,7 +18,7 @@ from ..model.encode import ImageFailure, ProgressCallback, encode_images, encode
 from ..model.images import ImageInput
 from ..model.loading import LoadedModel
 from ..model.score import logits_for, sigmoid
-from ..model.text import lowercase_ascii
+from ..model.text import grouped, lowercase_ascii, short_text
 
 DEFAULT_TEMPLATES = ("this is a photo of {}.",)
 MAX_LABELS = 1000
@@ -50,17 +50,17 @@ class LabelSet:
 def clean_labels(labels: Sequence[str] | str) -> tuple[list[str], list[str]]:
     """Strip, drop empty and duplicate labels; returns (labels, warnings) or raises LabelError."""
     raw = parse_labels(labels) if isinstance(labels, str) else [str(label).strip() for label in labels]
-    warnings, kept, seen = [], [], {}
+    kept, seen, duplicates = [], {}, []
     empty = sum(1 for label in raw if not label)
-    if empty:
-        warnings.append(f"{empty} empty label(s) ignored")
+    warnings = [f"{empty} empty label(s) ignored"] if empty else []
     for label in (label for label in raw if label):
         key = lowercase_ascii(label)  # the model sees lowercased text: "Cat" and "cat" are one label
         if key in seen:
-            warnings.append(f"duplicate label {label!r} (same as {seen[key]!r}) ignored")
+            duplicates.append(repr(short_text(label)))
             continue
         seen[key] = label
         kept.append(label)
+    warnings += grouped(duplicates, "duplicate label(s) ignored (labels are compared lowercased)")
     if not kept:
         raise LabelError("No labels given: enter at least one label (comma or newline separated).")
     if len(kept) > MAX_LABELS:

@@ -7,6 +7,7 @@ JPEG decoding; one unreadable image is reported and skipped, never losing the re
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ import numpy as np
 import torch
 
 from ..errors import ImageReadError
-from .images import ImageInput, open_image, source_name
+from .batcher import MicroBatcher
+from .images import ImageInput, TargetSize, open_for_model, source_name
 from .loading import LoadedModel
 from .preprocess import PatchGrid, PreparedImage
 
@@ -64,10 +66,18 @@ class _Prepared:
     failure: ImageFailure | None
 
 
+def decode_target(model: LoadedModel) -> TargetSize | None:
+    """Whether JPEGs may be decoded at reduced scale for `model` (see images.open_for_model): never on the fp32
+    reference path, whose pixels match transformers' exactly; the int8, bf16 and fp16 paths already differ
+    from fp32 by more than reduced decoding adds (bench/encode.py measures both)."""
+    return None if model.precision == "fp32" else model.image_preprocessor.target_size
+
+
 def _prepare(model: LoadedModel, position: int, item: ImageInput) -> _Prepared:
     source = source_name(item, position)
     try:
-        return _Prepared(position, source, model.image_preprocessor(open_image(item, position)), None)
+        image, full_size = open_for_model(item, position, decode_target(model))
+        return _Prepared(position, source, model.image_preprocessor(image, full_size), None)
     except ImageReadError as error:
         return _Prepared(position, source, None, ImageFailure(error.source, error.reason))
 
@@ -96,6 +106,61 @@ def embed_pixel_batch(model: LoadedModel, prepared: list[PreparedImage]) -> np.n
     return l2_normalize(output.pooler_output)
 
 
+@torch.inference_mode()
+def embed_token_batch(model: LoadedModel, input_ids: np.ndarray) -> np.ndarray:
+    """(n, dim) normalised embeddings of tokenized texts (n, 64)."""
+    ids = torch.from_numpy(np.ascontiguousarray(input_ids)).to(model.device)
+    return l2_normalize(model.model.get_text_features(input_ids=ids).pooler_output)
+
+
+@dataclass
+class _Shared:
+    images: MicroBatcher
+    texts: MicroBatcher
+
+
+_serving: weakref.WeakKeyDictionary[LoadedModel, _Shared] = weakref.WeakKeyDictionary()
+
+
+def serve_concurrently(model: LoadedModel) -> None:
+    """From now on, single-image and single-text encodes of `model` that arrive together from several threads
+    (a server's concurrent requests) share one forward pass. `stop_serving` ends it."""
+    if model in _serving:
+        return
+    ref = weakref.ref(model)  # the worker threads must not keep a replaced model alive
+
+    def images(prepared: list[PreparedImage]) -> np.ndarray:
+        return embed_pixel_batch(ref(), prepared)
+
+    def texts(rows: list[np.ndarray]) -> np.ndarray:
+        return embed_token_batch(ref(), np.stack(rows))
+
+    # images of one batch must share a shape (a sequence-length change may land between requests)
+    _serving[model] = _Shared(MicroBatcher(images, key=lambda p: p.array.shape, name="image-batcher"),
+                              MicroBatcher(texts, name="text-batcher"))
+
+
+def stop_serving(model: LoadedModel) -> None:
+    shared = _serving.pop(model, None)
+    if shared:
+        shared.images.close()
+        shared.texts.close()
+
+
+def serving_stats(model: LoadedModel) -> tuple[int, int]:
+    """(forward passes, items) run by the concurrent-serving batchers of `model` so far."""
+    shared = _serving.get(model)
+    return (shared.images.batches + shared.texts.batches, shared.images.items + shared.texts.items) if shared \
+        else (0, 0)
+
+
+def _embed_images(model: LoadedModel, prepared: list[PreparedImage]) -> np.ndarray:
+    shared = _serving.get(model)
+    if shared is None or len(prepared) != 1:
+        return embed_pixel_batch(model, prepared)
+    return shared.images(prepared[0])[None]
+
+
 def encode_images(
     model: LoadedModel,
     images: Sequence[ImageInput],
@@ -111,7 +176,7 @@ def encode_images(
     def flush():
         nonlocal done
         if pending:
-            vectors.append(embed_pixel_batch(model, [p.image for p in pending]))
+            vectors.append(_embed_images(model, [p.image for p in pending]))
             sources.extend(p.source for p in pending)
             positions.extend(p.position for p in pending)
             grids.extend(p.image.grid for p in pending)
@@ -143,11 +208,13 @@ def encode_texts(
     """Embed texts by the reference recipe (64 ids, no attention mask, pooled at the last position)."""
     texts = list(texts)
     tokens = model.tokenizer(texts)
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        ids = torch.from_numpy(tokens.input_ids[start : start + batch_size]).to(model.device)
-        chunks.append(l2_normalize(model.model.get_text_features(input_ids=ids).pooler_output))
-        if progress:
-            progress(min(start + batch_size, len(texts)), len(texts))
+    chunks, shared = [], _serving.get(model)
+    if shared is not None and len(texts) == 1:
+        chunks.append(shared.texts(tokens.input_ids[0])[None])
+    else:
+        for start in range(0, len(texts), batch_size):
+            chunks.append(embed_token_batch(model, tokens.input_ids[start : start + batch_size]))
+            if progress:
+                progress(min(start + batch_size, len(texts)), len(texts))
     vectors = np.concatenate(chunks) if chunks else np.zeros((0, model.embed_dim), dtype=np.float32)
     return TextEmbeddings(vectors, texts, tokens.truncated, tokens.warnings)

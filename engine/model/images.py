@@ -8,10 +8,10 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageReadError
 
@@ -31,6 +31,10 @@ IMAGE_EXTENSIONS = frozenset(
 )
 
 ImageInput = Union[str, os.PathLike, Image.Image]
+TargetSize = Callable[[int, int], tuple[int, int]]  # full (height, width) -> the model's input (height, width)
+# Reduced-scale JPEG decoding keeps at least this multiple of the model's input size, so the antialiased
+# resize that follows still averages several real pixels into each input pixel.
+DRAFT_MARGIN = 2
 
 
 def source_name(image: ImageInput, position: int | None = None) -> str:
@@ -78,14 +82,36 @@ def _check_file(path: Path, name: str) -> None:
         raise ImageReadError(name, "empty file (0 bytes)")
 
 
-def _decode(name: str, source) -> Image.Image:
-    """Open, fully load and orient `source` (a path or a file object), mapping failures to ImageReadError."""
+def _draft(opened: Image.Image, target: TargetSize) -> tuple[int, int] | None:
+    """Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale where that keeps DRAFT_MARGIN × the model's input
+    size; returns the full (height, width) after EXIF orientation, or None when it decodes at full scale."""
+    if opened.format != "JPEG":
+        return None
+    width, height = opened.size
+    swapped = opened.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)  # turned by 90° later
+    full = (width, height) if swapped else (height, width)
+    target_h, target_w = target(*full)
+    want_w, want_h = DRAFT_MARGIN * target_w, DRAFT_MARGIN * target_h
+    if swapped:
+        want_w, want_h = want_h, want_w
+    if min(width // want_w, height // want_h) < 2:  # no real reduction: leave decoding exactly as it is
+        return None
+    opened.draft("RGB", (want_w, want_h))
+    return full
+
+
+def _decode(name: str, source, target: TargetSize | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Open, fully load and orient `source` (a path or a file object), mapping failures to ImageReadError.
+
+    Returns the image and its full (height, width); with `target`, JPEGs may be decoded at reduced scale."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as opened:
+                full = _draft(opened, target) if target else None
                 opened.load()
-                return to_rgb(ImageOps.exif_transpose(opened))
+                image = to_rgb(ImageOps.exif_transpose(opened))
+                return image, full or (image.height, image.width)
     except PermissionError:
         raise ImageReadError(name, "permission denied") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -98,15 +124,23 @@ def _decode(name: str, source) -> Image.Image:
 
 def open_image(image: ImageInput, position: int | None = None) -> Image.Image:
     """Load an image fully as RGB with EXIF orientation applied, or raise ImageReadError."""
+    return open_for_model(image, position)[0]
+
+
+def open_for_model(image: ImageInput, position: int | None = None,
+                   target: TargetSize | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """`open_image`, and the full (height, width); with `target`, a JPEG file may be decoded at reduced scale
+    (see `_draft`), which changes pixels slightly: the fp32 reference path passes no target."""
     name = source_name(image, position)
     if isinstance(image, Image.Image):
-        return to_rgb(ImageOps.exif_transpose(image))
+        oriented = to_rgb(ImageOps.exif_transpose(image))
+        return oriented, (oriented.height, oriented.width)
     path = Path(image)
     try:
         _check_file(path, name)
     except PermissionError:
         raise ImageReadError(name, "permission denied") from None
-    return _decode(name, path)
+    return _decode(name, path, target)
 
 
 def read_file_bytes(path: str | os.PathLike) -> tuple[bytes, str]:
@@ -122,8 +156,10 @@ def read_file_bytes(path: str | os.PathLike) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def decode_image_bytes(data: bytes, name: str) -> Image.Image:
-    return _decode(name, io.BytesIO(data))
+def decode_image_bytes(data: bytes, name: str,
+                       target: TargetSize | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """The image and its full (height, width); `target` as in `open_for_model`."""
+    return _decode(name, io.BytesIO(data), target)
 
 
 @dataclass

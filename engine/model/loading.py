@@ -18,7 +18,8 @@ from urllib.parse import urlparse
 import torch
 
 from ..errors import ModelLoadError
-from .preprocess import ImagePreprocessor
+from .preprocess import ImagePreprocessor, check_sequence_length
+from .quantize import INT8, packed_weights, quantize_int8
 from .registry import Checkpoint, find_checkpoint
 from .text import TextTokenizer
 
@@ -48,7 +49,7 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
         names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
                  "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
         if dtype not in names:
-            raise ModelLoadError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16")
+            raise ModelLoadError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16, int8 (CPU only)")
         return names[dtype]
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
@@ -121,6 +122,14 @@ class LoadedModel:
     image_preprocessor: ImagePreprocessor
     untrained: bool  # a generated checkpoint (engine.model.testmodel): random weights, outputs mean nothing
     checkpoint: Checkpoint | None
+    quantization: str | None = None  # "int8": encoders dynamically quantized (engine.model.quantize), CPU only
+
+    @property
+    def precision(self) -> str:
+        """What the embeddings were computed in: "fp32", "bf16", "fp16" or "int8" (recorded by indexes)."""
+        if self.quantization:
+            return self.quantization
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
 
     @property
     def embed_dim(self) -> int:
@@ -140,11 +149,11 @@ class LoadedModel:
 
     @property
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        return sum(p.numel() for p in self.model.parameters()) + packed_weights(self.model)[0]
 
     @property
     def memory_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return sum(p.numel() * p.element_size() for p in self.model.parameters()) + packed_weights(self.model)[1]
 
     @property
     def image_setting(self) -> tuple[int, ...]:
@@ -155,7 +164,7 @@ class LoadedModel:
 
     def set_max_patches(self, max_num_patches: int) -> None:
         """NaFlex sequence length for later image encodes (trained: 128, 256, 576, 784, 1024)."""
-        self.image_preprocessor = self.image_preprocessor.with_max_patches(max_num_patches)
+        self.image_preprocessor = self.image_preprocessor.with_max_patches(check_sequence_length(max_num_patches))
 
 
 def load_model(
@@ -179,8 +188,13 @@ def load_model(
 
     from transformers import AutoModel
 
-    torch_device = pick_device(device)
-    torch_dtype = pick_dtype(torch_device, dtype)
+    int8 = isinstance(dtype, str) and dtype.lower() == INT8
+    # int8 is a CPU path (its kernels are CPU-only), so "auto" means cpu for it, even beside a GPU
+    torch_device = pick_device("cpu" if int8 and device in (None, "auto") else device)
+    if int8 and torch_device.type != "cpu":
+        raise ModelLoadError(f"dtype int8 runs on the CPU only (its quantized kernels have no {torch_device.type} "
+                             f"version); load with device cpu, or use bf16 or fp16 on {torch_device.type}.")
+    torch_dtype = torch.float32 if int8 else pick_dtype(torch_device, dtype)
     try:
         model = AutoModel.from_pretrained(
             str(directory), dtype=torch_dtype, attn_implementation=attn_implementation,
@@ -189,6 +203,8 @@ def load_model(
     except Exception as error:
         raise ModelLoadError(f"{name_or_path}: the weights could not be loaded ({error})") from None
     model.to(torch_device).eval()
+    if int8:
+        quantize_int8(model)
 
     arch = "naflex" if model_type == "siglip2" else "fixed"
     vision = model.config.vision_config
@@ -199,7 +215,8 @@ def load_model(
         model=model, name=str(name_or_path), directory=directory, arch=arch, device=torch_device,
         dtype=torch_dtype, tokenizer=TextTokenizer.from_checkpoint(directory, lowercase=lowercase),
         image_preprocessor=preprocessor, untrained=(directory / TEST_MODEL_MARKER).exists(),
-        checkpoint=find_checkpoint(str(name_or_path)),
+        checkpoint=find_checkpoint(str(name_or_path)), quantization=INT8 if int8 else None,
     )
-    log.info("loaded %s (%s, %s %s, untrained=%s)", loaded.name, arch, torch_device.type, torch_dtype, loaded.untrained)
+    log.info("loaded %s (%s, %s %s, untrained=%s)", loaded.name, arch, torch_device.type, loaded.precision,
+             loaded.untrained)
     return loaded

@@ -16,8 +16,24 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import StudioError
+
 DEFAULT_MAX_PATCHES = 256
 TRAINED_SEQUENCE_LENGTHS = (128, 256, 576, 784, 1024)
+SEQUENCE_LENGTH_RANGE = (16, 4096)  # beyond 1024 quality degrades; beyond 4096 only memory grows
+
+
+def check_sequence_length(value) -> int:
+    """A NaFlex sequence length (max patches) as an int, or StudioError naming the allowed range."""
+    low, high = SEQUENCE_LENGTH_RANGE
+    try:
+        patches = int(value)
+    except (TypeError, ValueError):
+        raise StudioError(f"Sequence length {value!r} is not a whole number.") from None
+    if not low <= patches <= high:
+        raise StudioError(f"Sequence length {patches} must be between {low} and {high} patches "
+                          f"(SigLIP 2 was trained at {', '.join(map(str, TRAINED_SEQUENCE_LENGTHS))}).")
+    return patches
 
 
 @dataclass(frozen=True)
@@ -100,7 +116,10 @@ class PixelBatch:
     spatial_shapes: torch.Tensor | None = None  # NaFlex: (n, 2) rows, cols
 
     def model_inputs(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        inputs = {"pixel_values": self.pixel_values.to(device=device, dtype=dtype)}
+        pixels = self.pixel_values
+        if device.type == "cuda":  # page-locked host memory: a DMA copy that overlaps the previous batch's work
+            pixels = pixels.pin_memory().to(device, non_blocking=True)
+        inputs = {"pixel_values": pixels.to(device=device, dtype=dtype)}
         if self.pixel_attention_mask is not None:
             inputs["pixel_attention_mask"] = self.pixel_attention_mask.to(device)
             inputs["spatial_shapes"] = self.spatial_shapes.to(device)
@@ -135,14 +154,19 @@ class ImagePreprocessor:
 
         return replace(self, max_num_patches=int(max_num_patches))
 
-    def __call__(self, image: Image.Image) -> PreparedImage:
+    def target_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) the model sees for an image of (height, width)."""
+        if self.arch == "fixed":
+            return tuple(self.image_size)
+        return naflex_size(height, width, self.patch_size, self.max_num_patches)
+
+    def __call__(self, image: Image.Image, original_size: tuple[int, int] | None = None) -> PreparedImage:
+        """`original_size`: the full (height, width) when `image` was decoded at reduced scale, so that the
+        patch grid, and the size recorded for the image, are those of the full image."""
         mean = np.asarray(self.image_mean, dtype=np.float32)
         std = np.asarray(self.image_std, dtype=np.float32)
-        width, height = image.size
-        if self.arch == "fixed":
-            target_h, target_w = self.image_size
-        else:
-            target_h, target_w = naflex_size(height, width, self.patch_size, self.max_num_patches)
+        height, width = original_size or (image.height, image.width)
+        target_h, target_w = self.target_size(height, width)
         pixels = normalize(resize(image, target_h, target_w, self.resample), self.rescale_factor, mean, std)
         rows, cols = target_h // self.patch_size, target_w // self.patch_size
         grid = PatchGrid(height, width, target_h, target_w, self.patch_size, rows, cols,

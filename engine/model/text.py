@@ -90,24 +90,31 @@ class TextTokenizer:
     def __call__(self, texts: list[str]) -> TokenizedTexts:
         ids = np.full((len(texts), self.length), PAD_ID, dtype=np.int64)
         encodings = self.tokenizer.encode_batch([self.normalize(t) for t in texts], add_special_tokens=False)
-        num_tokens, truncated, warnings = [], [], []
+        num_tokens, truncated, capitals = [], [], []
         for row, (text, encoding) in enumerate(zip(texts, encodings)):
             tokens = encoding.ids[: self.length - 1] + [self.eos_id]  # sticky EOS survives truncation
             ids[row, : len(tokens)] = tokens
             num_tokens.append(len(encoding.ids) + 1)
             truncated.append(len(encoding.ids) + 1 > self.length)
-            if truncated[-1]:
-                warnings.append(
-                    f"{_short(text)!r}: {len(encoding.ids) + 1} tokens, truncated to {self.length} "
-                    "(the model never saw longer texts)"
-                )
             if self.lowercase == "ascii" and has_unlowered_letters(text):
-                warnings.append(
-                    f"{_short(text)!r}: only ASCII letters are lowercased, as in the reference pipeline; "
-                    "other capitals are kept (lowercase them yourself, or use lowercase='unicode')"
-                )
+                capitals.append(text)
+        long_texts = [(t, n) for t, n, cut in zip(texts, num_tokens, truncated) if cut]
+        warnings = grouped([f"{short_text(t)!r}: {n} tokens" for t, n in long_texts],
+                           f"truncated to {self.length} tokens (the model never saw longer texts)")
+        warnings += grouped([repr(short_text(t)) for t in capitals],
+                            "only ASCII letters are lowercased, as in the reference pipeline; other capitals are "
+                            "kept (lowercase them yourself, or use lowercase='unicode')")
         return TokenizedTexts(ids, num_tokens, truncated, warnings)
 
 
-def _short(text: str, limit: int = 40) -> str:
+def grouped(items: list[str], why: str, shown: int = 3) -> list[str]:
+    """One warning for many items: "a, b, c and 97 more: why" (none for no items)."""
+    if not items:
+        return []
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return [f"{', '.join(items[:shown])}{more}: {why}"]
+
+
+def short_text(text: str, limit: int = 40) -> str:
+    """`text` cut to `limit` characters with an ellipsis: long inputs are never echoed back in full."""
     return text if len(text) <= limit else text[: limit - 1] + "…"

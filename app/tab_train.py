@@ -1,0 +1,166 @@
+"""Fine-tune tab (behind --enable-training): a dataset on the server or uploaded, mode and settings, a live
+chart of loss and validation accuracy, cancel, the before/after report and "load this checkpoint"."""
+
+from __future__ import annotations
+
+import queue
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from engine import StudioError
+from engine.train.evaluate import comparison_table
+from engine.train.trainer import TrainConfig, train
+
+from .common import MODEL_QUEUE, shown_in_place
+from .studio import Studio
+
+DEVICES = ["auto", "cpu", "cuda", "xla", "mps"]
+MODES = ["lora", "probe", "full"]
+
+
+def loss_figure(history: list[dict], validation: list[dict]) -> go.Figure:
+    """Loss per step (left axis) and the validation metric (right axis, %)."""
+    figure = make_subplots(specs=[[{"secondary_y": True}]])
+    figure.add_trace(go.Scatter(x=[h["step"] for h in history], y=[h["loss"] for h in history], name="loss",
+                                mode="lines"), secondary_y=False)
+    if validation:
+        figure.add_trace(go.Scatter(x=[v["step"] for v in validation], y=[100 * v["value"] for v in validation],
+                                    name=f"validation {validation[-1]['metric']} (%)", mode="lines+markers"),
+                         secondary_y=True)
+    figure.update_layout(height=320, margin=dict(l=40, r=40, t=20, b=40), legend=dict(orientation="h"))
+    figure.update_xaxes(title_text="step")
+    figure.update_yaxes(title_text="loss", secondary_y=False)
+    figure.update_yaxes(title_text="%", range=[0, 100], secondary_y=True)
+    return figure
+
+
+def resolve_data(studio: Studio, folder: str, upload) -> Path:
+    """A server folder/file within the allowed roots, or an uploaded zip (class folders) unpacked."""
+    if upload:
+        path = Path(getattr(upload, "name", upload))
+        if path.suffix.lower() != ".zip":
+            raise StudioError("Upload a .zip holding one folder per class (or a captions.csv/.jsonl with its images).")
+        target = Path(tempfile.mkdtemp(prefix="studio-train-"))
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if member.startswith("/") or ".." in Path(member).parts:
+                    raise StudioError(f"{path.name}: unsafe path {member!r} in the zip.")
+            archive.extractall(target)
+        captions = [p for p in target.rglob("*") if p.suffix.lower() in (".csv", ".jsonl", ".tsv")]
+        entries = [p for p in target.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+        if captions:
+            return captions[0]
+        if len(entries) == 1 and entries[0].is_dir() and _has_subfolders(entries[0]):
+            return entries[0]  # the zip held one top folder around the class folders
+        return target
+    text = (folder or "").strip()
+    resolved = studio.readable.resolve(text) if text else None  # None outside the allowed roots
+    if resolved is not None and resolved.is_file():  # a caption file
+        return resolved
+    return studio.check_folder(text)
+
+
+def _has_subfolders(path: Path) -> bool:
+    return any(p.is_dir() for p in path.iterdir())
+
+
+def fine_tune(studio: Studio, folder: str, upload, mode: str, epochs: float, batch_size: int, lr: float,
+              device: str, cancel: threading.Event, progress=None):
+    """Run a fine-tune on the loaded model's checkpoint; yields (figure, status, report, out folder)."""
+    data = resolve_data(studio, folder, upload)
+    config = TrainConfig(mode=mode, epochs=float(epochs), batch_size=int(batch_size), lr=float(lr) if lr else None,
+                         device=None if device == "auto" else device)
+    events: queue.Queue = queue.Queue()
+    outcome: dict = {}
+    with studio.job("fine-tuning") as model:
+        out = studio.index_dir.parent / "finetuned" / f"{Path(str(model.directory)).name}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+        def work():
+            try:
+                outcome["result"] = train(str(model.directory), data, out, config, on_event=events.put,
+                                          should_stop=cancel.is_set)
+            except Exception as error:  # shown to the user below
+                outcome["error"] = error
+            finally:
+                events.put(None)
+
+        thread = threading.Thread(target=work, name="fine-tune", daemon=True)
+        thread.start()
+        history, validation = [], []
+        while True:
+            event = events.get()
+            if event is None:
+                break
+            history.append({"step": event.step, "loss": event.loss})
+            if event.validation:
+                key, value = next(iter(event.validation.items()))
+                validation.append({"step": event.step, "metric": key, "value": value})
+            if progress is not None:
+                progress((event.step, event.total_steps), desc="fine-tuning", unit="steps")
+            yield (loss_figure(history, validation),
+                   f"step {event.step}/{event.total_steps} · loss {event.loss:.3f} · {event.seconds:.0f} s", "", "")
+        thread.join()
+    if "error" in outcome:
+        error = outcome["error"]
+        raise error if isinstance(error, StudioError) else StudioError(f"Fine-tuning failed: {error}")
+    result = outcome["result"]
+    report = ""
+    if result.after is not None:
+        report = (f"**Held-out set: {result.after.num_images} images**\n\n```\n"
+                  f"{comparison_table(result.before, result.after)}\n```")
+    status = (f"{'Cancelled' if cancel.is_set() else 'Done'}: {result.steps}/{result.total_steps} steps in "
+              f"{result.seconds:.0f} s. Checkpoint: `{result.out}`"
+              + (" (resumable with `python -m engine train --resume`)" if result.stopped else ""))
+    yield loss_figure(result.history, result.validation), status, report, str(result.out)
+
+
+def build(studio: Studio) -> None:
+    cancel = threading.Event()
+    gr.Markdown("Fine-tune the loaded checkpoint on your images: a folder with one subfolder per class, or a "
+                "caption file (CSV/JSONL: image, caption). The result is a checkpoint you can load here.")
+    with gr.Row():
+        with gr.Column():
+            folder = gr.Textbox(label="Dataset on the server (folder of class subfolders, or a caption file)")
+            upload = gr.File(label="…or upload a .zip of class folders", file_types=[".zip"])
+            mode = gr.Radio(MODES, value="lora", label="Mode (probe: heads only; LoRA: adapters; full: every weight)")
+            with gr.Row():
+                epochs = gr.Number(3, label="Epochs", minimum=0.1)
+                batch_size = gr.Number(32, label="Batch size", precision=0, minimum=2)
+                lr = gr.Number(0, label="Learning rate (0: default for the mode)")
+            device = gr.Dropdown(DEVICES, value="auto", label="Device")
+            with gr.Row():
+                start = gr.Button("Fine-tune", variant="primary")
+                stop = gr.Button("Cancel", variant="stop")
+        with gr.Column():
+            chart = gr.Plot(label="Loss and validation accuracy")
+            status = gr.Markdown()
+            report = gr.Markdown()
+            out_folder = gr.Textbox(label="Checkpoint folder", interactive=False)
+            load = gr.Button("Load this checkpoint")
+            loaded = gr.Markdown()
+
+    @shown_in_place("clear", "notes", "clear", "keep")
+    def do_train(folder_text, uploaded, mode_value, epochs_value, batch_value, lr_value, device_value,
+                 progress=gr.Progress()):
+        cancel.clear()
+        yield from fine_tune(studio, folder_text, uploaded, mode_value, epochs_value, batch_value, lr_value,
+                             device_value, cancel, progress)
+
+    @shown_in_place("notes")
+    def do_load(folder_text):
+        if not folder_text:
+            raise StudioError("Fine-tune first: there is no checkpoint to load yet.")
+        model = studio.load(folder_text)
+        return f"Loaded `{model.name}`" + (" (still an untrained test model)" if model.untrained else "")
+
+    start.click(do_train, [folder, upload, mode, epochs, batch_size, lr, device],
+                [chart, status, report, out_folder], concurrency_id=MODEL_QUEUE)
+    stop.click(lambda: cancel.set(), None, None, queue=False)
+    load.click(do_load, out_folder, loaded, concurrency_id=MODEL_QUEUE)

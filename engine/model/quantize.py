@@ -1,0 +1,66 @@
+"""The int8 CPU fast path: dynamic int8 quantization of both towers' transformer encoders.
+
+Only the encoder blocks' Linear layers (attention projections and MLPs, about 95 % of the multiply-adds at
+256 patches) become int8: weights per output channel, activations quantized per batch on the fly. What
+stays exact, and why:
+- the patch embedding and the position grids (fixed or NaFlex-interpolated): they act on raw pixels and
+  positions, where a quantization error reaches every later layer;
+- the attention-pooling head of the image tower and the linear head of the text tower: they write the
+  embedding itself, so any error there lands directly in the cosine, and they are a few % of the work;
+- LayerNorms, softmax and attention itself (SDPA in fp32).
+
+Dynamic quantization ships with torch (`torch.ao.quantization.quantize_dynamic`; torch marks it as
+deprecated in favour of torchao, which is not a dependency here) and runs on the fbgemm / x86 / qnnpack
+kernels, so it is CPU only.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+# (tower attribute, module attribute) of what gets quantized in SiglipModel / Siglip2Model
+QUANTIZED_PARTS = (("vision_model", "encoder"), ("text_model", "encoder"))
+INT8 = "int8"
+
+
+def _dynamic_linear_type() -> type:
+    from torch.ao.nn.quantized.dynamic import Linear
+
+    return Linear
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """Quantize `model`'s two encoders in place (fp32, on CPU, in eval mode); returns the model."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        # torch's deprecation notice for torch.ao, once per call: users cannot act on it
+        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning, FutureWarning))
+        for tower_name, part_name in QUANTIZED_PARTS:
+            tower = getattr(model, tower_name)
+            # per-channel weight scales: a few output rows with large weights do not flatten the rest
+            quantized = quantize_dynamic(getattr(tower, part_name), {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                         dtype=torch.qint8, inplace=True)
+            setattr(tower, part_name, quantized)
+    return model
+
+
+def quantized_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The dynamic int8 Linear modules of `model` (empty for a model that was not quantized)."""
+    linear = _dynamic_linear_type()
+    return [module for module in model.modules() if isinstance(module, linear)]
+
+
+def packed_weights(model: torch.nn.Module) -> tuple[int, int]:
+    """(values, bytes) of the int8 weights and fp32 biases, which `parameters()` no longer lists."""
+    values = size = 0
+    for module in quantized_linears(model):
+        weight, bias = module._weight_bias()
+        values += weight.numel()
+        size += weight.numel() * weight.element_size()
+        if bias is not None:
+            values += bias.numel()
+            size += bias.numel() * bias.element_size()
+    return values, size

@@ -1,0 +1,183 @@
+"""The int8 CPU path: what is quantized and what stays exact, parity with fp32 on both architectures and
+both towers, CPU only, indexes that record and enforce their precision, reduced-scale JPEG decoding."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import random_image
+from engine import load_model
+from engine.errors import IndexStoreError, ModelLoadError
+from engine.index.build import build_index
+from engine.index.search import search
+from engine.index.store import ImageIndex
+from engine.model.encode import decode_target, encode_images, encode_texts
+from engine.model.images import DRAFT_MARGIN, open_for_model, open_image
+from engine.model.quantize import quantized_linears
+
+TEXTS = ["a photo of a cat", "ein foto von einem hund im park", "一只猫坐在沙发上", "x",
+         "a red car at night " * 6]
+# Tiny random models (64 wide, 2 layers) measure about 0.9998; B/16-size figures come from bench/encode.py.
+# 0.999 is far above what a wrong int8 path gives (unscaled or misplaced weights land near 0).
+TINY_COSINE = 0.999
+
+
+@pytest.fixture(scope="module")
+def naflex_int8(naflex_dir):
+    return load_model(str(naflex_dir), dtype="int8")
+
+
+@pytest.fixture(scope="module")
+def fixed_int8(fixed_dir):
+    return load_model(str(fixed_dir), dtype="int8")
+
+
+@pytest.fixture(params=["naflex", "fixed"])
+def model_pair(request, naflex_model, fixed_model, naflex_int8, fixed_int8):
+    return (naflex_model, naflex_int8) if request.param == "naflex" else (fixed_model, fixed_int8)
+
+
+def test_only_the_encoders_are_quantized(model_pair):
+    exact, int8 = model_pair
+    assert int8.precision == "int8" and exact.precision == "fp32"
+    assert int8.device.type == "cpu" and int8.dtype == torch.float32
+    config = int8.model.config
+    per_layer = 6  # q, k, v, out projections and two MLP layers
+    expected = per_layer * (config.vision_config.num_hidden_layers + config.text_config.num_hidden_layers)
+    quantized = quantized_linears(int8.model)
+    assert len(quantized) == expected
+    encoders = [int8.model.vision_model.encoder, int8.model.text_model.encoder]
+    assert all(any(m is q for e in encoders for m in e.modules()) for q in quantized)
+    vision, text = int8.model.vision_model, int8.model.text_model
+    kept = [vision.embeddings.patch_embedding, vision.head.mlp.fc1, vision.head.mlp.fc2, vision.head.attention,
+            text.head, vision.post_layernorm, text.final_layer_norm]
+    assert all(not quantized_linears(module) for module in kept)
+    assert type(text.head) is torch.nn.Linear and type(vision.head.mlp.fc1) is torch.nn.Linear
+    # the same weights, stored smaller: counted, not lost
+    assert int8.num_parameters == exact.num_parameters
+    assert int8.memory_bytes < 0.75 * exact.memory_bytes
+
+
+def test_int8_image_embeddings_match_fp32(model_pair, image_files):
+    exact, int8 = model_pair
+    images = [random_image(200 + 40 * i, 320 - 30 * i, seed=i) for i in range(5)]
+    reference = encode_images(exact, images).vectors
+    quick = encode_images(int8, images).vectors
+    cosines = (reference * quick).sum(axis=1)
+    assert cosines.min() >= TINY_COSINE
+    assert cosines.max() < 1 - 1e-7  # it really ran in int8
+    np.testing.assert_allclose(np.linalg.norm(quick, axis=1), 1.0, atol=1e-5)
+
+
+def test_int8_text_embeddings_match_fp32(model_pair):
+    exact, int8 = model_pair
+    reference = encode_texts(exact, TEXTS).vectors
+    quick = encode_texts(int8, TEXTS).vectors
+    cosines = (reference * quick).sum(axis=1)
+    assert cosines.min() >= TINY_COSINE
+    assert cosines.max() < 1 - 1e-7
+
+
+def test_int8_is_cpu_only(naflex_dir):
+    with pytest.raises(ModelLoadError, match="CPU only.*device cpu"):
+        load_model(str(naflex_dir), device="cuda", dtype="int8")
+    assert load_model(str(naflex_dir), device="auto", dtype="INT8").device.type == "cpu"
+
+
+def test_precision_names(naflex_dir, naflex_model):
+    assert naflex_model.precision == "fp32"
+    assert load_model(str(naflex_dir), dtype="bf16").precision == "bf16"
+
+
+def test_index_records_and_enforces_precision(naflex_model, naflex_int8, tmp_path):
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    folder.mkdir()
+    for i in range(4):
+        random_image(90 + 10 * i, 120, seed=i).save(folder / f"p{i}.jpg")
+    build_index(naflex_model, folder, "exact", index_dir)
+    with ImageIndex.open("exact", index_dir) as index:
+        assert index.info().precision == "fp32"
+        assert search(index, naflex_model, "a cat", k=2).hits
+        with pytest.raises(IndexStoreError, match=r"fp32 embeddings.*runs in int8.*--dtype fp32"):
+            search(index, naflex_int8, "a cat", k=2)
+    random_image(100, 100, seed=9).save(folder / "new.jpg")
+    with pytest.raises(IndexStoreError, match="mixed_precision=True"):
+        build_index(naflex_int8, folder, "exact", index_dir)
+    # refused without touching anything, and the lock released: the fp32 model still extends it
+    assert build_index(naflex_model, folder, "exact", index_dir).encoded == 1
+    random_image(110, 100, seed=10).save(folder / "newer.jpg")
+    assert build_index(naflex_int8, folder, "exact", index_dir, mixed_precision=True).encoded == 1
+    with ImageIndex.open("exact", index_dir) as index:
+        assert index.info().precision == "mixed (fp32, int8)"
+    for model in (naflex_model, naflex_int8):  # once mixed, every use is a knowing one
+        with ImageIndex.open("exact", index_dir) as index, pytest.raises(IndexStoreError, match="mixed"):
+            search(index, model, "a cat")
+        with ImageIndex.open("exact", index_dir, mixed_precision=True) as index:
+            assert search(index, model, "a cat", k=2).hits
+
+    build_index(naflex_int8, folder, "quick", index_dir)
+    with ImageIndex.open("quick", index_dir) as index:
+        assert index.info().precision == "int8"
+        assert search(index, naflex_int8, "a cat", k=2).hits
+        with pytest.raises(IndexStoreError, match="--dtype int8"):
+            search(index, naflex_model, "a cat")
+
+
+def test_index_without_precision_counts_as_fp32(naflex_model, naflex_int8, tmp_path):
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    folder.mkdir()
+    random_image(90, 120, seed=1).save(folder / "p.jpg")
+    build_index(naflex_model, folder, "old", index_dir)
+    with ImageIndex.open("old", index_dir, writable=True) as index:  # as written before precisions were kept
+        index.catalog.db.execute("DELETE FROM meta WHERE key='precision'")
+        index.catalog.db.commit()
+    with ImageIndex.open("old", index_dir) as index:
+        assert "precision" not in index.meta and index.info().precision == "fp32"
+        assert search(index, naflex_model, "a cat", k=1).hits
+        with pytest.raises(IndexStoreError, match="fp32 embeddings"):
+            search(index, naflex_int8, "a cat")
+
+
+def _jpeg_with_orientation(path, height, width, orientation):
+    image = random_image(height, width, seed=5)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(path, quality=92, exif=exif)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_reduced_jpeg_decoding(naflex_model, naflex_int8, tmp_path, orientation):
+    path = tmp_path / f"big_{orientation}.jpg"
+    _jpeg_with_orientation(path, 1200, 2000, orientation)  # stored landscape; 6 shows it as portrait
+    full = open_image(path)
+    target = naflex_int8.image_preprocessor.target_size
+    reduced, full_size = open_for_model(path, target=target)
+    assert full_size == (full.height, full.width)
+    assert (full.height > full.width) == (orientation == 6) == (reduced.height > reduced.width)
+    target_h, target_w = target(*full_size)
+    assert reduced.width < full.width and reduced.height >= DRAFT_MARGIN * target_h
+    assert reduced.width >= DRAFT_MARGIN * target_w
+    # the same grid, and the full size recorded, whatever the decoding scale
+    assert naflex_int8.image_preprocessor(reduced, full_size).grid == naflex_model.image_preprocessor(full).grid
+    # the fp32 reference path never decodes at reduced scale; the reduced path agrees closely with it
+    assert decode_target(naflex_model) is None and decode_target(naflex_int8) is not None
+    exact = encode_images(naflex_model, [path]).vectors
+    assert np.allclose(exact, encode_images(naflex_model, [full]).vectors, atol=1e-6)
+    reduced_exact = naflex_model.image_preprocessor(reduced, full_size)
+    from engine.model.encode import embed_pixel_batch
+
+    assert float((embed_pixel_batch(naflex_model, [reduced_exact]) * exact).sum()) >= 0.999
+    assert float((encode_images(naflex_int8, [path]).vectors * exact).sum()) >= TINY_COSINE - 0.001
+
+
+def test_float_precisions_are_one_family(naflex_model, naflex_dir, tmp_path):
+    """An index built in fp32 is searched by the same weights in bf16 (a GPU-built index on a CPU, or the
+    reverse) without being refused: only int8 against float is."""
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    folder.mkdir()
+    random_image(64, 80, seed=5).save(folder / "a.png")
+    build_index(naflex_model, folder, "float", index_dir)
+    bf16 = load_model(str(naflex_dir), dtype="bf16")
+    with ImageIndex.open("float", index_dir) as index:
+        index.check_model(bf16)  # no IndexStoreError

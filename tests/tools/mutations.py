@@ -1,0 +1,99 @@
+"""Plants realistic bugs one at a time in a temporary copy of the project and reports which ones the test
+suite catches (`python tests/tools/mutations.py [--only NAME]`). Not part of the CI run: each mutation
+runs the relevant test files (about a minute each on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTATIONS = [
+    Mutation("score: t and b written in as constants", "engine/model/loading.py",
+             "return float(self.model.logit_scale.detach().float().exp())", "return 10.0",
+             ("tests/test_zeroshot.py",)),
+    Mutation("score: bias written in as a constant", "engine/model/loading.py",
+             "return float(self.model.logit_bias.detach().float())", "return -10.0", ("tests/test_zeroshot.py",)),
+    Mutation("resample: the checkpoint's own ignored", "engine/model/preprocess.py",
+             "return image.resize((width, height), resample=Image.Resampling(resample))",
+             "return image.resize((width, height), resample=Image.Resampling.BILINEAR)",
+             ("tests/test_preprocess.py",)),
+    Mutation("mean and std: constants", "engine/model/preprocess.py",
+             'image_mean=tuple(config.get("image_mean", (0.5, 0.5, 0.5))),', "image_mean=(0.5, 0.5, 0.5),",
+             ("tests/test_preprocess.py",)),
+    Mutation("patch size: a constant", "engine/model/preprocess.py",
+             'patch_size=int(config.get("patch_size", patch_size)),', "patch_size=16,",
+             ("tests/test_preprocess.py", "tests/test_encode.py")),
+    Mutation("allowed roots: an unresolved path", "engine/paths.py",
+             "real = Path(text).expanduser().resolve()", "real = Path(text).expanduser().absolute()",
+             ("tests/test_hostile.py",)),
+    Mutation("allowed roots: a string prefix", "engine/paths.py",
+             "return real if any(real == root or root in real.parents for root in self.roots) else None",
+             "return real if any(str(real).startswith(str(root)) for root in self.roots) else None",
+             ("tests/test_hostile.py",)),
+    Mutation("index: the temporary FAISS file left behind on a failed save", "engine/index/vectors.py",
+             "        tmp.unlink(missing_ok=True)\n", "", ("tests/test_faults.py",)),
+    Mutation("index: a new sequence length mixed in", "engine/index/store.py",
+             "opened.check_image_setting(model)", "pass", ("tests/test_faults.py",)),
+    Mutation("inspect: the pooling head's MLP left out of the value path", "engine/inspect/head.py",
+             "return (attended + head.mlp(head.layernorm(attended))).float().cpu()", "return attended.float().cpu()",
+             ("tests/test_inspect.py",)),
+    Mutation("inspect: padding patches kept in the maps", "engine/model/features.py",
+             "count = grid.num_patches", "count = grid.sequence_length", ("tests/test_inspect.py",)),
+    Mutation("inspect: attention without its scale", "engine/inspect/attention.py",
+             "(q @ k.T).float() * attention.scale", "(q @ k.T).float()", ("tests/test_inspect.py",)),
+    Mutation("text: warnings not grouped", "engine/label/zeroshot.py",
+             'warnings += grouped(duplicates, "duplicate label(s) ignored (labels are compared lowercased)")',
+             'warnings += [f"{d}: duplicate label ignored" for d in duplicates]', ("tests/test_hostile.py",)),
+]
+
+
+def run(mutation: Mutation) -> bool:
+    """True if the tests fail with the bug planted (the bug is caught)."""
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / "project"
+        shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".venv", ".ci-venv", ".git", "indexes",
+                                                                  "test-artifacts", "bench", "__pycache__"))
+        target = copy / mutation.path
+        source = target.read_text()
+        if mutation.old not in source:
+            raise SystemExit(f"{mutation.name}: the code to mutate is gone from {mutation.path}; update the list")
+        target.write_text(source.replace(mutation.old, mutation.new, 1))
+        done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                               *mutation.tests], cwd=copy, capture_output=True, text=True)
+        return done.returncode != 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", default=None, help="run the mutations whose name contains this")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.only or args.only in m.name]
+    caught = 0
+    for mutation in chosen:
+        found = run(mutation)
+        caught += found
+        print(f"{'caught' if found else 'MISSED'}  {mutation.name}", flush=True)
+    print(f"planted {len(chosen)}, caught {caught}, missed {len(chosen) - caught}")
+    sys.exit(0 if caught == len(chosen) else 1)
+
+
+if __name__ == "__main__":
+    main()
