@@ -123,8 +123,8 @@ class ImageInput(gr.Image):
 
 
 
-def index_choices(index_dir) -> gr.Dropdown:
-    """The index dropdown's choices, the most recently changed index chosen."""
+def index_choices(index_dir) -> tuple[list[str], str | None]:
+    """The indexes to choose from, and the most recently changed one (to preselect)."""
     names = list_indexes(index_dir)
     changed = {name: (Path(index_dir) / name / "catalog.sqlite").stat().st_mtime for name in names}
-    return gr.Dropdown(choices=names, value=max(names, key=changed.get) if names else None)
+    return names, max(names, key=changed.get) if names else None

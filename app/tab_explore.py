@@ -72,8 +72,8 @@ def figure(explored: ExploreMap) -> go.Figure:
 def build(studio: Studio) -> None:
     with gr.Row():
         with gr.Column(scale=1):
-            latest = index_choices(studio.index_dir)
-            index_name = gr.Dropdown(latest.choices, value=latest.value, label="Index", allow_custom_value=True)
+            names, latest = index_choices(studio.index_dir)
+            index_name = gr.Dropdown(names, value=latest, label="Index", allow_custom_value=True)
             colour_by = gr.Radio(["cluster", "zero-shot label"], value="cluster", label="Colour by")
             clusters = gr.Slider(2, 30, value=8, step=1, label="Clusters (k-means)")
             labels = gr.Textbox("a person, an animal, a landscape, food, a vehicle", label="Labels (zero-shot colouring)")
@@ -113,5 +113,5 @@ def build(studio: Studio) -> None:
                        [plot, notes, nearest], api_name="explore", concurrency_id=MODEL_QUEUE)
     event.then(None, None, None, js=CLICK_BRIDGE)
     clicked.change(do_pick, [index_name, clicked], picked, api_name=False)
-    index_name.focus(lambda: gr.Dropdown(choices=index_choices(studio.index_dir).choices), None, index_name,
+    index_name.focus(lambda: gr.Dropdown(choices=index_choices(studio.index_dir)[0]), None, index_name,
                      api_name=False, queue=False)

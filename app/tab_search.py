@@ -80,8 +80,8 @@ def _build_search(studio: Studio) -> gr.Dropdown:
             build_button = gr.Button("Build / update index", variant="primary")
             build_notes = gr.Markdown(elem_id="build-notes")
         with gr.Column(scale=2):
-            latest = index_choices(studio.index_dir)
-            index_name = gr.Dropdown(latest.choices, value=latest.value, label="Index to search",
+            names, latest = index_choices(studio.index_dir)
+            index_name = gr.Dropdown(names, value=latest, label="Index to search",
                                      allow_custom_value=True, elem_id="search-index")
             query = gr.Textbox(label="Text query, any language (combine: `2:red car + sunset - night`)",
                                elem_id="search-query")

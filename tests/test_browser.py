@@ -41,6 +41,7 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
 
         # Search: build an index from a server folder, then search it by text
         page.get_by_role("tab", name="Search").click()
+        assert page.get_by_text("Dropdown", exact=True).count() == 0  # no stray, unlabelled component
         page.get_by_label("Index name").fill("holiday")
         page.get_by_label("…or a folder on the server (inside the allowed roots)").last.fill(str(root / "photos"))
         page.get_by_role("button", name="Build / update index").click()
