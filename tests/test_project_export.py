@@ -51,12 +51,18 @@ def test_exports(tmp_path):
     assert (out / UNLABELLED / "y.jpg").exists() and (out / "cat" / "x.jpg").exists()
 
 
-def test_projection_is_cached_and_subsampled(naflex_model, tmp_path):
+def indexed_folder(model, tmp_path, name: str, count: int, seed: int):
+    """`count` small images of growing height in tmp_path/photos, built into index `name` in tmp_path/idx."""
     folder = tmp_path / "photos"
     folder.mkdir()
-    for i in range(30):
-        random_image(40 + i, 50, seed=700 + i).save(folder / f"{i}.png")
-    build_index(naflex_model, folder, "map", tmp_path / "idx")
+    for i in range(count):
+        random_image(40 + i, 50, seed=seed + i).save(folder / f"{i}.png")
+    build_index(model, folder, name, tmp_path / "idx")
+    return folder
+
+
+def test_projection_is_cached_and_subsampled(naflex_model, tmp_path):
+    folder = indexed_folder(naflex_model, tmp_path, "map", count=30, seed=700)
     with ImageIndex.open("map", tmp_path / "idx") as index:
         full = project_index(index, max_points=1000)
         assert full.coords.shape == (30, 2) and full.method == "umap" and not full.subsampled
@@ -115,11 +121,7 @@ def test_index_export_in_chunks(naflex_model, tmp_path, fmt):
 def test_quick_map_while_umap_compiles_then_umap(naflex_model, tmp_path):
     from engine.explore import map as explore_map
 
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for i in range(20):
-        random_image(50 + i, 60, seed=800 + i).save(folder / f"{i}.png")
-    build_index(naflex_model, folder, "quick", tmp_path / "idx")
+    indexed_folder(naflex_model, tmp_path, "quick", count=20, seed=800)
     was_warm = explore_map.umap_is_warm()
     explore_map._umap_ready.clear()  # as right after a server start
     try:
