@@ -208,20 +208,32 @@ def test_index_choice_by_size():
 def test_ivf_add_after_training_and_rebuild_when_grown(naflex_model, tmp_path):
     folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
     make_folder(folder, count=12)
+    def centroids(index):
+        ivf = faiss.extract_index_ivf(index.index)
+        return ivf.quantizer.reconstruct_n(0, ivf.nlist)
+
     build_index(naflex_model, folder, "ivf", index_dir, factory="IVF4,Flat")
     with ImageIndex.open("ivf", index_dir) as index:
         assert index.meta["factory"] == "IVF4,Flat" and index.meta["trained_for"] == 12
         assert isinstance(faiss.extract_index_ivf(index.index), faiss.IndexIVF)
+        first = centroids(index)
     make_folder(folder, count=8, start=100)  # grows by 8: added to the trained index, no retraining
     build_index(naflex_model, folder, "ivf", index_dir)
     info = assert_consistent("ivf", index_dir)
     with ImageIndex.open("ivf", index_dir) as index:
         assert index.meta["trained_for"] == 12 and info.images == 20
+        np.testing.assert_array_equal(centroids(index), first)
     make_folder(folder, count=10, start=200)  # now 30 > 2 × 12: retrained on everything
     build_index(naflex_model, folder, "ivf", index_dir)
     with ImageIndex.open("ivf", index_dir) as index:
         assert index.meta["trained_for"] == 30
         assert index.meta["recall_estimate"] >= 0.95
+        retrained = centroids(index)
+        # new clusters, trained on all 30: every new centroid moved, and they fit the collection at least as well
+        assert np.abs(retrained - first).max(axis=1).min() > 1e-3
+        everything = index.catalog.embeddings_for(index.catalog.image_ids(), index.dim)
+        fit = lambda c: float((everything @ c.T).max(axis=1).mean())  # noqa: E731 (mean best cosine)
+        assert fit(retrained) >= fit(first) - 1e-6
     assert_consistent("ivf", index_dir)
 
 
@@ -303,3 +315,40 @@ def test_every_listed_format_is_indexed(naflex_model, tmp_path):
 
     gif_vector, frame_vector = encode_images(naflex_model, [folder / "animated.gif", tmp_path / "first frame.png"]).vectors
     assert float(gif_vector @ frame_vector) > 0.9999
+
+
+def test_lists_on_disk_when_even_pq_codes_outgrow_memory(naflex_model, tmp_path):
+    plan = vi.plan_index(200_000_000, 768)  # 100M+ images: 16-byte codes alone pass the 1.2 GB budget
+    assert plan.on_disk and plan.factory == "IVF65536_HNSW32,PQ32x8,ondisk"
+    assert vi.plan_index(100_000_000, 768, memory_budget=64 * 2**30).factory == "IVF32768_HNSW32,PQ64x8"  # in RAM
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    paths = make_folder(folder, count=14)
+    build_index(naflex_model, folder, "disk", index_dir, factory="IVF4,Flat,ondisk")
+    make_folder(folder, count=6, start=50)  # added in place to the memory-mapped lists
+    os.remove(paths[0])  # and one removed from them
+    build_index(naflex_model, folder, "disk", index_dir)
+    moved = tmp_path / "moved"
+    shutil.move(index_dir, moved)  # the lists file is found beside the index wherever the folder goes
+    info = assert_consistent("disk", moved)
+    assert info.images == 19 and info.index_type == "IVF4,Flat,ondisk"
+    (lists,) = (moved / "disk").glob("lists.*.ivfdata")  # the replaced ones were removed
+    with ImageIndex.open("disk", moved) as index:
+        assert vi.lists_file_of(index.index) == lists
+        queries = encode_images(naflex_model, paths[1:4]).vectors
+        _, found = index.search_vectors(queries, 5)
+        truth = vi.exact_top_k(queries, index.catalog.iter_embeddings(index.dim), 5)
+        assert vi.recall_at_k(found, truth) == 1.0  # every list probed after tuning on 4 lists
+
+
+def test_pq_codes_are_reranked_with_the_stored_vectors(naflex_model, tmp_path):
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    paths = make_folder(folder, count=30)
+    build_index(naflex_model, folder, "pq", index_dir, factory="IVF2,PQ4x4")
+    with ImageIndex.open("pq", index_dir) as index:
+        queries = encode_images(naflex_model, paths[:3]).vectors
+        scores, found = index.search_vectors(queries, 2)  # 20 candidates of 30, re-scored exactly
+        stored = index.catalog.embeddings_for(found.reshape(-1), index.dim).reshape(3, 2, -1)
+        np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", queries, stored), atol=1e-5)
+        raw_scores, _ = index.index.search(queries, 2)
+        assert np.abs(raw_scores - scores).max() > 1e-3  # the codes alone would have given other scores
+        assert index.meta["recall_estimate"] >= 0.95

@@ -2,6 +2,9 @@
 
 import io
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,17 +80,57 @@ def test_patchify_is_row_major_channels_last():
     np.testing.assert_array_equal(patches[3], pixels[2:4, 0:2].reshape(-1))
 
 
-@pytest.mark.parametrize("mode", ["P", "LA", "RGBA", "CMYK", "I;16", "1", "L", "I", "F"])
-def test_every_mode_becomes_rgb(mode):
-    image = random_image(20, 30).convert("RGBA" if mode in ("LA", "RGBA") else "RGB")
-    if mode == "I;16":
-        converted = Image.fromarray((np.asarray(image.convert("L"), dtype=np.uint16) * 257), mode="I;16")
-    else:
-        converted = image.convert(mode)
-    rgb = to_rgb(converted)
-    assert rgb.mode == "RGB" and rgb.size == (30, 20)
-    if mode == "I;16":  # 16-bit values are rescaled, not clipped to white
-        np.testing.assert_allclose(np.asarray(rgb)[..., 0], np.asarray(image.convert("L")), atol=1)
+def _mode_case(mode: str) -> tuple[Image.Image, np.ndarray]:
+    """An image in `mode` built from known values, and the RGB pixels it must become (written out by hand)."""
+    rng = np.random.default_rng(5)
+    gray = rng.integers(0, 256, (6, 7)).astype(np.uint8)
+    alpha = rng.integers(0, 256, (6, 7)).astype(np.uint8)
+    rgb = rng.integers(0, 256, (6, 7, 3)).astype(np.uint8)
+    as_rgb = lambda g: np.repeat(np.asarray(g, dtype=np.float64)[..., None], 3, axis=2)  # noqa: E731
+    on_white = lambda c, a: c * (a[..., None] / 255.0) + 255.0 * (1 - a[..., None] / 255.0)  # noqa: E731
+    if mode == "L":
+        return Image.fromarray(gray, "L"), as_rgb(gray)
+    if mode == "1":
+        bits = gray > 127
+        return Image.fromarray(bits), as_rgb(bits * 255)
+    if mode == "P":
+        palette = rng.integers(0, 256, (256, 3)).astype(np.uint8)
+        image = Image.fromarray(gray, "P")
+        image.putpalette(palette.tobytes())
+        return image, palette[gray].astype(np.float64)
+    if mode == "RGBA":
+        return Image.fromarray(np.dstack([rgb, alpha]), "RGBA"), on_white(rgb.astype(np.float64), alpha)
+    if mode == "LA":
+        return Image.fromarray(np.dstack([gray, alpha]), "LA"), on_white(as_rgb(gray), alpha)
+    if mode == "CMYK":
+        cmyk = rng.integers(0, 256, (6, 7, 4)).astype(np.uint8)
+        c, k = cmyk[..., :3].astype(np.float64), cmyk[..., 3:].astype(np.float64)
+        return Image.fromarray(cmyk, "CMYK"), (255 - c) * (255 - k) / 255
+    if mode == "I;16":  # 16-bit: rescaled from 0…65535, not clipped to white
+        wide = rng.integers(0, 65536, (6, 7)).astype(np.uint16)
+        return Image.fromarray(wide, "I;16"), as_rgb(wide / 65535 * 255)
+    if mode == "I":  # 32-bit integers: scaled by their maximum
+        wide = rng.integers(0, 1_000_000, (6, 7)).astype(np.int32)
+        return Image.fromarray(wide, "I"), as_rgb(wide / wide.max() * 255)
+    if mode == "F":  # floats in 0…1
+        unit = rng.random((6, 7)).astype(np.float32)
+        return Image.fromarray(unit, "F"), as_rgb(unit * 255)
+    if mode == "HSV":  # pure hues and black
+        hsv = np.array([[[0, 255, 255], [85, 255, 255], [170, 255, 255], [40, 0, 0]]], dtype=np.uint8)
+        return Image.fromarray(hsv, "HSV"), np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [0, 0, 0]]], float)
+    if mode == "YCbCr":  # neutral chroma: grey at the luma value
+        ycc = np.dstack([gray, np.full_like(gray, 128), np.full_like(gray, 128)])
+        return Image.fromarray(ycc, "YCbCr"), as_rgb(gray)
+    return Image.fromarray(rgb, "RGB"), rgb.astype(np.float64)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "1", "P", "RGBA", "LA", "CMYK", "I;16", "I", "F", "HSV", "YCbCr"])
+def test_every_mode_becomes_rgb_by_pixel_values(mode):
+    image, expected = _mode_case(mode)
+    assert image.mode == mode
+    rgb = to_rgb(image)
+    assert rgb.mode == "RGB" and rgb.size == image.size
+    np.testing.assert_allclose(np.asarray(rgb, dtype=np.float64), expected, atol=1.01)
 
 
 def test_transparency_composited_on_white():
@@ -142,10 +185,51 @@ def test_bad_files_give_specific_errors(tmp_path):
         assert name in str(caught.value)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_permission(tmp_path):
-    path = tmp_path / "secret.png"
-    random_image(10, 10).save(path)
-    path.chmod(0)
-    with pytest.raises(ImageReadError, match="permission denied"):
-        open_image(path)
+def _as_unprivileged(check) -> str:
+    """Run `check()` in a forked child that has dropped to the user nobody (when run as root) and return what
+    it returned, or the text of what it raised. The child needs no file of the project: it is already loaded."""
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child reports through the pipe)
+        try:
+            os.close(reader)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            try:
+                outcome = f"ok {check()}"
+            except Exception as error:  # the child reports everything it meets
+                outcome = f"{type(error).__name__}: {error}"
+            os.write(writer, outcome.encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as pipe:
+        outcome = pipe.read()
+    os.waitpid(child, 0)
+    return outcome
+
+
+def test_unreadable_permission_as_an_unprivileged_user():
+    from engine.model.images import read_file_bytes
+
+    folder = Path(tempfile.mkdtemp(prefix="studio-permissions-"))  # in /tmp: reachable by every user
+    try:
+        folder.chmod(0o755)
+        readable, secret = folder / "shared.png", folder / "secret.png"
+        random_image(10, 10).save(readable)
+        random_image(10, 10).save(secret)
+        readable.chmod(0o644)
+        secret.chmod(0)
+        open_image(readable)  # PIL's format plugins are loaded before the fork
+        # the same user can read the shared file, so a refusal below is about the file's own permission
+        assert _as_unprivileged(lambda: open_image(readable).size) == "ok (10, 10)"
+        for reader in (open_image, read_file_bytes):
+            outcome = _as_unprivileged(lambda: reader(secret))
+            assert outcome.startswith("ImageReadError") and "secret.png" in outcome, outcome
+            assert "permission denied" in outcome, outcome
+    finally:
+        shutil.rmtree(folder)
+
+

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from ..errors import IndexStoreError
 from ..index.build import BuildSummary, build_index
 from ..index.export import FORMATS, export_index
 from ..index.search import search
@@ -34,9 +35,41 @@ def _load_model_for(args, index_name: str):
 def cmd_build(args) -> int:
     args.model = args.model or DEFAULT_MODEL
     model = load_from_args(args)
+    if args.engine == "ray":
+        from ..index.distributed import build_index_on_ray
+
+        summary = build_index_on_ray(model, args.folder, args.name, args.index_dir, address=args.address,
+                                     num_cpus=args.num_cpus, encoders=args.encoders, batch_size=args.batch_size,
+                                     shard_size=args.shard_size, factory=args.index_type,
+                                     progress=progress_bar("encoding on Ray"))
+        print(describe_build(summary))
+        print(f"Ray ({summary.address}): {summary.encoders} encoder(s), {summary.shards_written} shard(s) written, "
+              f"{summary.shards_ingested} ingested ({summary.stored} new images stored)")
+        return 0
     summary = build_index(model, args.folder, args.name, args.index_dir, batch_size=args.batch_size,
                           progress=progress_bar("indexing"), factory=args.index_type)
     print(describe_build(summary))
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from ..index.shards import ingest_shards, shard_files
+
+    shards = shard_files(Path(args.shards))
+    if not shards:
+        raise IndexStoreError(f"{args.shards}: no .parquet shards")
+    if args.model:  # creates the index when it does not exist yet (the model must be the shards' own)
+        opened = ImageIndex.create(args.name, load_from_args(args), args.index_dir)
+    else:
+        opened = ImageIndex.open(args.name, args.index_dir, writable=True)
+    with opened as index:
+        summary = ingest_shards(index, shards, progress=progress_bar("ingesting"))
+        info = index.info()
+    print(f"{args.name}: {summary.shards} shard(s), {summary.rows} rows: {summary.encoded} new images, "
+          f"{summary.linked} linked to stored content, {summary.unchanged} already stored, "
+          f"{len(summary.skipped)} skipped; index holds {info.images} images ({info.files} files), {info.index_type}")
+    for path, reason in summary.skipped:
+        print(f"  skipped {path}: {reason}")
     return 0
 
 
@@ -98,8 +131,20 @@ def add_commands(commands) -> None:
     build.add_argument("--name", required=True)
     build.add_argument("--batch-size", type=int, default=32)
     build.add_argument("--index-type", default=None, help="FAISS factory string (default: chosen by size)")
+    build.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="ray: a Ray Data pipeline (pip install -r requirements-scale.txt)")
+    build.add_argument("--address", default=None, help="with --engine ray: a running cluster (default: start Ray here)")
+    build.add_argument("--num-cpus", type=int, default=None, help="with --engine ray and no address: CPUs for Ray")
+    build.add_argument("--encoders", type=int, default=1, help="with --engine ray: model copies (one per GPU)")
+    build.add_argument("--shard-size", type=int, default=1000, help="with --engine ray: images per Parquet shard")
     _index_options(build)
     build.set_defaults(func=cmd_build)
+
+    ingest = verbs.add_parser("ingest", help="add Parquet embedding shards (made by --engine ray or another tool)")
+    ingest.add_argument("name")
+    ingest.add_argument("shards", help="folder of .parquet shards")
+    _index_options(ingest)  # --model: create the index if it does not exist
+    ingest.set_defaults(func=cmd_ingest)
 
     info = verbs.add_parser("info", help="what an index holds")
     info.add_argument("name")

@@ -183,11 +183,13 @@ class Catalog:
                     new_ids.append(image_id)
                     cursor.execute("INSERT INTO changes VALUES (?, ?, 'add')", (version, image_id))
                 files += [FileRecord(path, image_id, size, mtime) for path, size, mtime in image.files]
+            crash_point("catalog-images")
             paths = removed_paths + [f.path for f in files]
             touched = {r.image_id for r in (self.file_record(p) for p in paths) if r}
             cursor.executemany("DELETE FROM files WHERE path=?", [(p,) for p in removed_paths])
             cursor.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?)",
                                [(f.path, f.image_id, f.size, f.mtime_ns, now) for f in files])
+            crash_point("catalog-files")
             cursor.executemany("DELETE FROM skipped WHERE path=?", [(p,) for p in paths])
             cursor.executemany("INSERT OR REPLACE INTO skipped VALUES (?,?,?,?)", skipped)
             for image_id in touched:

@@ -8,6 +8,7 @@ always match one to one and nothing committed is ever encoded again.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -26,6 +27,7 @@ from ..model.loading import LoadedModel
 from . import vectors as vi
 from .catalog import SCHEMA_VERSION, Catalog
 
+log = logging.getLogger(__name__)
 INDEX_DIR_ENV = "STUDIO_INDEX_DIR"
 _NAME = re.compile(r"^[\w][\w .-]{0,63}$")
 _FAISS_FILE = re.compile(r"^vectors\.v(\d+)\.faiss$")
@@ -229,12 +231,20 @@ class ImageIndex:
         version = max(usable)
         try:
             index = vi.read_index(usable[version])
-        except RuntimeError:  # unreadable file: rebuild from the source of truth
+        except RuntimeError:  # unreadable (truncated, empty) file: rebuild from the source of truth
+            log.warning("%s: unreadable, rebuilt from the catalogue", usable[version])
+            return self._rebuild_from_catalog(self.meta.get("factory", "Flat"))
+        if vi.lists_file_of(index) is not None and version != self.catalog.version:
+            # lists on disk are changed in place after a save, so an older header may not describe them
             return self._rebuild_from_catalog(self.meta.get("factory", "Flat"))
         self.faiss_version = version
         vi.set_search_params(index, self.meta.get("search_params") or {})
         self.index = index
         self._replay(index)
+        if self.index.ntotal != self.catalog.count_images():  # a file that reads but holds other vectors
+            log.warning("%s: %d vectors for %d catalogued images, rebuilt from the catalogue", usable[version],
+                        self.index.ntotal, self.catalog.count_images())
+            self.index = self._rebuild_from_catalog(self.meta.get("factory", "Flat"))
         return self.index
 
     def _replay(self, index: faiss.Index) -> None:
@@ -261,11 +271,12 @@ class ImageIndex:
         """Every catalogued vector in a new index (or in an emptied copy of `trained`)."""
         count = self.catalog.count_images()
         plan = vi.IndexPlan(factory, count)
-        if trained is not None:
+        if trained is not None and not plan.on_disk:
             index = vi.emptied(trained)
         else:
             training = self.catalog.sample_embeddings(self.dim, vi.training_size(plan, self.dim))
-            index = vi.create_index(plan, self.dim, training)
+            lists = self.path / f"lists.v{self.catalog.version}-{time.time_ns()}.ivfdata" if plan.on_disk else None
+            index = vi.create_index(plan, self.dim, training, lists)
         for ids, vectors in self.catalog.iter_embeddings(self.dim):
             index.add_with_ids(vectors, ids)
         vi.set_search_params(index, self.meta.get("search_params") or {})
@@ -283,9 +294,14 @@ class ImageIndex:
         target = self.path / f"vectors.v{version}.faiss"
         crash_point("faiss-write")
         vi.write_index_atomic(self.index, target)
+        crash_point("faiss-after-rename")
         for old_version, old in self._faiss_files().items():
             if old_version != version:
                 old.unlink(missing_ok=True)
+        in_use = vi.lists_file_of(self.index)
+        for lists in self.path.glob("lists.*.ivfdata"):  # lists on disk of replaced indexes
+            if in_use is None or lists.name != in_use.name:
+                lists.unlink(missing_ok=True)
         self.catalog.forget_changes(version)
 
     def _set_meta(self, **values) -> None:
@@ -319,7 +335,7 @@ class ImageIndex:
         probes = sample + np.random.default_rng(0).normal(0, 0.02, sample.shape).astype(np.float32)
         probes /= np.linalg.norm(probes, axis=1, keepdims=True)
         truth = vi.exact_top_k(probes, self.catalog.iter_embeddings(self.dim), k)
-        params, recall = vi.tune(self.index, probes, truth, recall_target)
+        params, recall = vi.tune(self.index, probes, truth, recall_target, self._lookup())
         self._set_meta(search_params=params, recall_estimate=recall)
 
     # reading -----------------------------------------------------------------------------------
@@ -327,11 +343,20 @@ class ImageIndex:
         """(scores (q, k), ids (q, k)) by inner product; id -1 pads when fewer exist."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = max(1, min(k, max(self.index.ntotal, 1)))
-        if allowed_ids is None:
-            return self.index.search(queries, k)
-        selector = faiss.IDSelectorBatch(np.asarray(allowed_ids, dtype=np.int64))
-        params = vi.search_parameters(self.index, self.meta.get("search_params") or {}, selector)
+        params = None
+        if allowed_ids is not None:
+            selector = faiss.IDSelectorBatch(np.asarray(allowed_ids, dtype=np.int64))
+            params = vi.search_parameters(self.index, self.meta.get("search_params") or {}, selector)
+        lookup = self._lookup()
+        if lookup:
+            return vi.search_reranked(self.index, queries, k, lookup, params)
         return self.index.search(queries, k, params=params)
+
+    def _lookup(self) -> vi.VectorLookup | None:
+        """Full vectors from the catalogue, for indexes whose codes are re-ranked exactly (PQ)."""
+        if not vi.is_compressed(self.meta.get("factory", "Flat")):
+            return None
+        return lambda ids: self.catalog.embeddings_for(ids, self.dim)
 
     def ids_matching_path(self, fragment: str) -> np.ndarray:
         pattern = "%" + fragment.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

@@ -1,8 +1,10 @@
 """The FAISS side of an image index: which index type for how many vectors, tuning, atomic files.
 
 Chosen by size the way autofaiss does: exact `Flat` for small collections, HNSW while the full vectors
-fit the memory budget, IVF with 8-bit scalar quantisation beyond, IVF-PQ only when even that does not fit.
-Vectors are L2-normalised, so inner product is cosine similarity. Ids are the catalogue's image ids.
+fit the memory budget, IVF with 8-bit scalar quantisation beyond, IVF-PQ when even that does not fit, and
+IVF-PQ with its inverted lists on disk (FAISS `OnDiskInvertedLists`, memory-mapped) when the PQ codes
+outgrow the budget too (100M+ images). Vectors are L2-normalised, so inner product is cosine similarity.
+Ids are the catalogue's image ids.
 """
 
 from __future__ import annotations
@@ -11,27 +13,38 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import faiss
 import numpy as np
 
 from ..errors import IndexStoreError
+from ..faults import crash_point
 
 FLAT_MAX = 20_000
 DEFAULT_MEMORY_BUDGET = 1.2 * 2**30  # bytes for the index itself
 DEFAULT_RECALL_TARGET = 0.95
 
 
+ON_DISK = ",ondisk"  # appended to a factory string: the IVF's inverted lists live in a memory-mapped file
+
+
 @dataclass(frozen=True)
 class IndexPlan:
-    factory: str  # FAISS index_factory string, e.g. "Flat", "HNSW32", "IVF4096,SQ8"
+    factory: str  # FAISS index_factory string, e.g. "Flat", "HNSW32", "IVF4096,SQ8"; "…,ondisk": lists on disk
     trained_for: int  # collection size the plan was made for (IVF: training size)
-
 
     @property
     def needs_training(self) -> bool:
         return any(part in self.factory for part in ("IVF", "SQ", "PQ", "PCA", "OPQ", "LSH"))
+
+    @property
+    def on_disk(self) -> bool:
+        return self.factory.endswith(ON_DISK)
+
+    @property
+    def faiss_factory(self) -> str:
+        return self.factory[: -len(ON_DISK)] if self.on_disk else self.factory
 
 
 def plan_index(count: int, dim: int, memory_budget: float = DEFAULT_MEMORY_BUDGET, factory: str | None = None) -> IndexPlan:
@@ -49,8 +62,11 @@ def plan_index(count: int, dim: int, memory_budget: float = DEFAULT_MEMORY_BUDGE
     quantizer = f"IVF{lists}_HNSW32" if lists >= 16384 else f"IVF{lists}"
     if count * (dim + 8) <= memory_budget:
         return IndexPlan(f"{quantizer},SQ8", count)
-    pq_bytes = next((m for m in (64, 48, 32, 24, 16, 8) if dim % m == 0 and count * (m + 8) <= memory_budget), 8)
-    return IndexPlan(f"{quantizer},PQ{pq_bytes}x8", count)
+    pq_bytes = next((m for m in (64, 48, 32, 24, 16) if dim % m == 0 and count * (m + 8) <= memory_budget), None)
+    if pq_bytes:
+        return IndexPlan(f"{quantizer},PQ{pq_bytes}x8", count)
+    # not even 16-byte codes fit: keep 32-byte codes (recall) in memory-mapped lists on disk
+    return IndexPlan(f"{quantizer},PQ{next(m for m in (32, 24, 16, 8) if dim % m == 0)}x8{ON_DISK}", count)
 
 
 def training_size(plan: IndexPlan, dim: int) -> int:
@@ -58,23 +74,43 @@ def training_size(plan: IndexPlan, dim: int) -> int:
     if not plan.needs_training:
         return 0
     try:
-        lists = faiss.extract_index_ivf(faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)).nlist
+        lists = faiss.extract_index_ivf(faiss.index_factory(dim, plan.faiss_factory, faiss.METRIC_INNER_PRODUCT)).nlist
     except RuntimeError:
         return 100_000
     return max(lists * 40, 10_000)
 
 
-def create_index(plan: IndexPlan, dim: int, training_vectors: np.ndarray | None = None) -> faiss.Index:
-    """An empty index with external ids (training IVF indexes on `training_vectors`)."""
-    index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
+def create_index(plan: IndexPlan, dim: int, training_vectors: np.ndarray | None = None,
+                 lists_file: Path | None = None) -> faiss.Index:
+    """An empty index with external ids (training IVF indexes on `training_vectors`); an on-disk plan keeps
+    its inverted lists in `lists_file` (created anew)."""
+    index = faiss.index_factory(dim, plan.faiss_factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         if training_vectors is None or len(training_vectors) == 0:
             raise ValueError(f"a {plan.factory} index needs training vectors")
         wanted = training_size(plan, dim)
         index.train(np.ascontiguousarray(training_vectors[:wanted], dtype=np.float32))
-    if plan.factory.startswith(("Flat", "HNSW")) or "Refine" in plan.factory:
+    if plan.on_disk:
+        if lists_file is None:
+            raise ValueError(f"a {plan.factory} index needs a file for its inverted lists")
+        lists_file.unlink(missing_ok=True)
+        ivf = faiss.extract_index_ivf(index)
+        lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(lists_file))
+        lists.thisown = False  # the index owns (and frees) its lists from now on
+        ivf.replace_invlists(lists, True)
+    if plan.faiss_factory.startswith(("Flat", "HNSW")) or "Refine" in plan.factory:
         index = faiss.IndexIDMap2(index)
     return index
+
+
+def lists_file_of(index: faiss.Index) -> Path | None:
+    """The file holding an index's inverted lists when they are on disk."""
+    try:
+        lists = faiss.extract_index_ivf(index).invlists
+    except RuntimeError:
+        return None
+    on_disk = faiss.downcast_InvertedLists(lists)
+    return Path(on_disk.filename) if isinstance(on_disk, faiss.OnDiskInvertedLists) else None
 
 
 def _unwrapped(index: faiss.Index) -> faiss.Index:
@@ -145,15 +181,48 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f[:k]) & set(t)) / k for f, t in zip(found, truth)]))
 
 
-def tune(index: faiss.Index, queries: np.ndarray, true_ids: np.ndarray, target: float = DEFAULT_RECALL_TARGET) -> tuple[dict, float]:
-    """The cheapest search parameters reaching `target` recall@k against exact `true_ids` (n, k)."""
+RERANK_FACTOR = 10  # PQ indexes fetch 10 × k candidates and re-score them with the stored full vectors
+VectorLookup = Callable[[np.ndarray], np.ndarray]  # ids (n,) -> their full vectors (n, dim), in that order
+
+
+def is_compressed(factory: str) -> bool:
+    """PQ codes rank too coarsely on their own (recall@10 ≈ 0.7 at 32 bytes); they are re-ranked exactly."""
+    return "PQ" in factory and "Refine" not in factory
+
+
+def rerank_exact(queries: np.ndarray, candidates: np.ndarray, lookup: VectorLookup, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (q, k), ids (q, k)): `candidates` (q, k') re-scored with their full vectors; -1 pads."""
+    unique = np.unique(candidates[candidates >= 0])
+    position = {int(i): row for row, i in enumerate(unique)}
+    vectors = lookup(unique) if len(unique) else np.zeros((0, queries.shape[1]), np.float32)
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    ids = np.full((len(queries), k), -1, dtype=np.int64)
+    for row, (query, found) in enumerate(zip(queries, candidates)):
+        found = found[found >= 0]
+        exact = vectors[[position[int(i)] for i in found]] @ query if len(found) else np.zeros(0, np.float32)
+        best = np.argsort(-exact, kind="stable")[:k]
+        scores[row, : len(best)], ids[row, : len(best)] = exact[best], found[best]
+    return scores, ids
+
+
+def search_reranked(index: faiss.Index, queries: np.ndarray, k: int, lookup: VectorLookup,
+                    params: faiss.SearchParameters | None = None) -> tuple[np.ndarray, np.ndarray]:
+    _, candidates = index.search(queries, k * RERANK_FACTOR, params=params)
+    return rerank_exact(queries, candidates, lookup, k)
+
+
+def tune(index: faiss.Index, queries: np.ndarray, true_ids: np.ndarray, target: float = DEFAULT_RECALL_TARGET,
+         lookup: VectorLookup | None = None) -> tuple[dict, float]:
+    """The cheapest search parameters reaching `target` recall@k against exact `true_ids` (n, k); with
+    `lookup`, as searched with exact re-ranking."""
     ladder = _parameter_ladder(index)
     if not ladder:
         return {}, 1.0
     recall = 0.0
+    k = true_ids.shape[1]
     for params in ladder:
         set_search_params(index, params)
-        _, found = index.search(queries, true_ids.shape[1])
+        found = search_reranked(index, queries, k, lookup)[1] if lookup else index.search(queries, k)[1]
         recall = recall_at_k(found, true_ids)
         if recall >= target:
             return params, recall
@@ -201,12 +270,14 @@ def write_index_atomic(index: faiss.Index, path: Path) -> None:
             f"Saving the index in {path.parent.name!r} failed ({reason}). Everything already stored is safe in "
             "its catalogue and the previous index file is intact; free some space and build again (stored "
             "images are not encoded again).") from None
+    crash_point("faiss-before-rename")
     os.replace(tmp, path)
     fsync_directory(path.parent)
 
 
 def read_index(path: Path) -> faiss.Index:
-    return faiss.read_index(str(path))
+    """Read an index file; inverted lists on disk are looked for beside it (the folder may have moved)."""
+    return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
 
 
 def memory_bytes(index: faiss.Index) -> int:

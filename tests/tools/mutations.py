@@ -23,6 +23,7 @@ class Mutation:
     old: str
     new: str
     tests: tuple[str, ...]
+    also: tuple[tuple[str, str], ...] = ()  # further (old, new) replacements in the same file
 
 
 MUTATIONS = [
@@ -62,6 +63,29 @@ MUTATIONS = [
     Mutation("text: warnings not grouped", "engine/label/zeroshot.py",
              'warnings += grouped(duplicates, "duplicate label(s) ignored (labels are compared lowercased)")',
              'warnings += [f"{d}: duplicate label ignored" for d in duplicates]', ("tests/test_hostile.py",)),
+    Mutation("index: the catalogue batch written without a transaction", "engine/index/catalog.py",
+             'cursor.execute("BEGIN IMMEDIATE")', 'cursor.execute("SELECT 1")', ("tests/test_crash.py",),
+             also=(('cursor.execute("COMMIT")', 'cursor.execute("SELECT 1")'),
+                   ('cursor.execute("ROLLBACK")', 'cursor.execute("SELECT 1")'))),
+    Mutation("index: the FAISS file written in place (no temporary file and rename)", "engine/index/vectors.py",
+             'tmp = path.with_name(path.name + ".tmp")', "tmp = path", ("tests/test_crash.py",)),
+    Mutation("index: a FAISS file that reads but holds other vectors trusted", "engine/index/store.py",
+             "if self.index.ntotal != self.catalog.count_images():", "if False:", ("tests/test_crash.py",)),
+    Mutation("index: an outgrown IVF keeps its old clusters", "engine/index/store.py",
+             "self.index = self._rebuild_from_catalog(plan.factory)",
+             "self.index = self._rebuild_from_catalog(plan.factory, trained=self.index)", ("tests/test_index.py",)),
+    Mutation("app: /classify serves a softmax over the labels", "app/tab_label.py",
+             "zip(result.labels, result.probabilities[0])}", "zip(result.labels, result.softmax_over_labels()[0])}",
+             ("tests/test_app_values.py",)),
+    Mutation("app: the example image's weight ignored", "app/tab_search.py",
+             'terms = [QueryTerm(float(weight), "image", image_path)]', 'terms = [QueryTerm(1.0, "image", image_path)]',
+             ("tests/test_app_values.py",)),
+    Mutation("images: 16-bit pixels clipped instead of rescaled", "engine/model/images.py",
+             'top = 65535.0 if image.mode.startswith("I;16") else', 'top = 255.0 if image.mode.startswith("I;16") else',
+             ("tests/test_preprocess.py",)),
+    Mutation("images: an unreadable file reported as an unspecific read error", "engine/model/images.py",
+             "data = Path(path).read_bytes()\n    except PermissionError:",
+             "data = Path(path).read_bytes()\n    except FileNotFoundError:", ("tests/test_preprocess.py",)),
 ]
 
 
@@ -75,7 +99,11 @@ def run(mutation: Mutation) -> bool:
         source = target.read_text()
         if mutation.old not in source:
             raise SystemExit(f"{mutation.name}: the code to mutate is gone from {mutation.path}; update the list")
-        target.write_text(source.replace(mutation.old, mutation.new, 1))
+        for old, new in ((mutation.old, mutation.new), *mutation.also):
+            if old not in source:
+                raise SystemExit(f"{mutation.name}: {old!r} is gone from {mutation.path}; update the list")
+            source = source.replace(old, new, 1)
+        target.write_text(source)
         done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
                                *mutation.tests], cwd=copy, capture_output=True, text=True)
         return done.returncode != 0
