@@ -74,11 +74,12 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     from app import build_app
+    from app.ui import CSS
 
     studio = make_studio(args)
     demo = build_app(studio)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD,
-                allowed_paths=[str(ROOT / "assets")], footer_links=["api", "settings"])
+                allowed_paths=[str(ROOT / "assets")], footer_links=["api", "settings"], css=CSS)
 
 
 if __name__ == "__main__":

@@ -10,16 +10,23 @@ import numpy as np
 import plotly.graph_objects as go
 
 from engine import StudioError
-from engine.explore.map import DEFAULT_MAX_POINTS, ExploreMap, explore_index
+from engine.explore.map import DEFAULT_MAX_POINTS, ExploreMap, PointDetails, explore_index, point_details
+from engine.index.search import similar_images
 from engine.index.store import ImageIndex
 
 from .common import MODEL_QUEUE, gpu, index_choices, shown_in_place, thumbnail
 from .studio import Studio
 
-# gr.Plot has no click event: forward plotly's own click to a hidden textbox that the server watches.
-CLICK_BRIDGE = """
+# gr.Plot has no click, hover or selection events: forward plotly's own to hidden textboxes the server watches.
+PLOT_BRIDGE = """
 () => {
   let tries = 0;
+  const send = (id, value) => {
+    const box = document.querySelector(`#${id} textarea, #${id} input`);
+    if (!box || box.value === value) return;
+    box.value = value;
+    box.dispatchEvent(new Event('input', {bubbles: true}));
+  };
   const attach = () => {
     const plot = document.querySelector('#explore-map .js-plotly-plot');
     if (!plot || typeof plot.on !== 'function') {
@@ -28,16 +35,22 @@ CLICK_BRIDGE = """
     }
     if (plot.dataset.bridged) return;
     plot.dataset.bridged = '1';
-    plot.on('plotly_click', (event) => {
-      const box = document.querySelector('#explore-clicked textarea, #explore-clicked input');
-      if (!box || !event.points.length) return;
-      box.value = String(event.points[0].customdata[0]);
-      box.dispatchEvent(new Event('input', {bubbles: true}));
+    const idOf = (point) => String(point.customdata[0]);
+    plot.on('plotly_click', (event) => { if (event.points.length) send('explore-clicked', idOf(event.points[0])); });
+    let hoverTimer = null;
+    plot.on('plotly_hover', (event) => {
+      clearTimeout(hoverTimer);
+      if (event.points.length) hoverTimer = setTimeout(() => send('explore-hovered', idOf(event.points[0])), 120);
+    });
+    plot.on('plotly_selected', (event) => {
+      const ids = event && event.points ? event.points.map(idOf).filter((id) => id !== '-1') : [];
+      send('explore-selected', ids.join(','));
     });
   };
   attach();
 }
 """
+MAX_SELECTED = 60  # thumbnails shown for a lasso or box selection
 
 
 def map_caption(explored: ExploreMap) -> str:
@@ -65,28 +78,51 @@ def figure(explored: ExploreMap) -> go.Figure:
                                    text=[query_text], textposition="top center", customdata=[[-1]],
                                    marker={"size": 18, "symbol": "star", "color": "black"}))
     fig.update_layout(height=560, margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"title": "colour"},
-                      xaxis={"visible": False}, yaxis={"visible": False})
+                      xaxis={"visible": False}, yaxis={"visible": False}, dragmode="lasso", hovermode="closest")
     return fig
+
+
+def point_card(details: PointDetails) -> str:
+    lines = [f"**{Path(details.path).name}** · {details.width} × {details.height}", f"in {Path(details.path).parent}"]
+    if len(details.paths) > 1:
+        lines.append(f"also at {len(details.paths) - 1} other path(s)")
+    if details.query_score is not None:
+        lines.append(f"cosine to the query: {details.query_score:.3f}")
+    return "\n\n".join(lines)
 
 
 def build(studio: Studio) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             names, latest = index_choices(studio.index_dir)
-            index_name = gr.Dropdown(names, value=latest, label="Index", allow_custom_value=True)
+            index_name = gr.Dropdown(names, value=latest, label="Index", allow_custom_value=True,
+                                     elem_id="explore-index")
             colour_by = gr.Radio(["cluster", "zero-shot label"], value="cluster", label="Colour by")
             clusters = gr.Slider(2, 30, value=8, step=1, label="Clusters (k-means)")
-            labels = gr.Textbox("a person, an animal, a landscape, food, a vehicle", label="Labels (zero-shot colouring)")
+            labels = gr.Textbox("a person, an animal, a landscape, food, a vehicle", visible=False,
+                                label="Labels (zero-shot colouring)")
             query = gr.Textbox(label="Text query to place on the map")
             max_points = gr.Slider(500, 100_000, value=DEFAULT_MAX_POINTS, step=500,
                                    label="Most points to draw (random subsample above)")
             draw = gr.Button("Draw map", variant="primary")
             notes = gr.Markdown(elem_id="explore-notes")
-            clicked = gr.Textbox(visible="hidden", elem_id="explore-clicked")
-            picked = gr.Image(label="Clicked image", height=220, interactive=False, elem_id="explore-picked")
+            hovered_image = gr.Image(label="Under the pointer", height=160, interactive=False,
+                                     elem_id="explore-hover", show_label=True)
         with gr.Column(scale=3):
             plot = gr.Plot(elem_id="explore-map", label="Embedding map")
-            nearest = gr.Gallery(label="Nearest to the query", columns=6, height=220)
+            gr.Markdown("Hover a point to preview it, click it for its card, drag a lasso (or a box, from the "
+                        "plot's toolbar) around points to list them.", elem_id="explore-help")
+            with gr.Row():
+                with gr.Column(scale=1):
+                    picked = gr.Image(label="Clicked image", height=220, interactive=False, elem_id="explore-picked")
+                    card = gr.Markdown(elem_id="explore-card")
+                    similar = gr.Button("Find similar", size="sm", elem_id="explore-similar")
+                with gr.Column(scale=2):
+                    nearest = gr.Gallery(label="Nearest to the query", columns=6, height=260,
+                                         elem_id="explore-gallery")
+            clicked = gr.Textbox(visible="hidden", elem_id="explore-clicked")
+            hovered = gr.Textbox(visible="hidden", elem_id="explore-hovered")
+            selected = gr.Textbox(visible="hidden", elem_id="explore-selected")
 
     @gpu
     @shown_in_place("clear", "notes", "clear")
@@ -101,17 +137,58 @@ def build(studio: Studio) -> None:
         return figure(explored), "\n\n".join(x for x in (map_caption(explored), studio.notes()) if x), \
             [g for g in gallery if g[0] is not None]
 
+    def point_id(text: str) -> int | None:
+        text = (text or "").strip()
+        return int(text) if text.lstrip("-").isdigit() and int(text) >= 0 else None
+
+    @shown_in_place("clear", "notes")
+    def do_pick(name: str, image_id: str, text: str):
+        if point_id(image_id) is None:
+            return None, ""
+        with studio.job("describing a point") as model, ImageIndex.open(name, studio.index_dir) as index:
+            details = point_details(index, model, point_id(image_id), text or "")
+        return thumbnail(details.path, 512), point_card(details)
+
     @shown_in_place("clear")
-    def do_pick(name: str, image_id: str):
-        if not (image_id or "").strip() or image_id.strip() == "-1":
+    def do_hover(name: str, image_id: str):
+        if point_id(image_id) is None:
             return None
         with ImageIndex.open(name, studio.index_dir) as index:
-            record = index.catalog.images([int(image_id)]).get(int(image_id))
-        return thumbnail(record.paths[0], 512) if record else None
+            record = index.catalog.images([point_id(image_id)]).get(point_id(image_id))
+        return thumbnail(record.paths[0]) if record else None
+
+    @shown_in_place("keep", "notes")
+    def do_select(name: str, id_list: str):
+        ids = [point_id(part) for part in (id_list or "").split(",")]
+        ids = [i for i in ids if i is not None]
+        if not ids:
+            return [], ""
+        with ImageIndex.open(name, studio.index_dir) as index:
+            records = index.catalog.images(ids[:MAX_SELECTED])
+        items = [(thumbnail(records[i].paths[0]), Path(records[i].paths[0]).name) for i in ids if i in records]
+        shown = [item for item in items if item[0] is not None]
+        more = f" (the first {MAX_SELECTED} shown)" if len(ids) > MAX_SELECTED else ""
+        return gr.Gallery(shown, label=f"Selected: {len(ids)} image(s){more}"), f"{len(ids)} point(s) selected{more}."
+
+    @gpu
+    @shown_in_place("keep", "notes")
+    def do_similar(name: str, image_id: str):
+        if point_id(image_id) is None:
+            raise StudioError("Click a point on the map first, then “Find similar”.")
+        with studio.job("finding similar images") as model, ImageIndex.open(name, studio.index_dir) as index:
+            result = similar_images(index, model, point_id(image_id), k=12)
+        items = [(thumbnail(h.path), f"{Path(h.path).name}\ncos {h.score:.3f}") for h in result.hits]
+        label = f"Most similar to {Path(result.terms[0].value).name}"
+        return gr.Gallery([i for i in items if i[0] is not None], label=label), gr.skip()
 
     event = draw.click(do_explore, [index_name, colour_by, clusters, labels, query, max_points],
                        [plot, notes, nearest], api_name="explore", concurrency_id=MODEL_QUEUE)
-    event.then(None, None, None, js=CLICK_BRIDGE)
-    clicked.change(do_pick, [index_name, clicked], picked, api_name=False)
+    event.then(None, None, None, js=PLOT_BRIDGE)
+    clicked.change(do_pick, [index_name, clicked, query], [picked, card], api_name=False)
+    hovered.change(do_hover, [index_name, hovered], hovered_image, api_name=False, queue=False)
+    selected.change(do_select, [index_name, selected], [nearest, notes], api_name=False)
+    similar.click(do_similar, [index_name, clicked], [nearest, card], api_name=False, concurrency_id=MODEL_QUEUE)
+    colour_by.change(lambda how: (gr.Slider(visible=how == "cluster"), gr.Textbox(visible=how != "cluster")),
+                     colour_by, [clusters, labels], api_name=False, queue=False)
     index_name.focus(lambda: gr.Dropdown(choices=index_choices(studio.index_dir)[0]), None, index_name,
                      api_name=False, queue=False)

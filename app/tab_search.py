@@ -9,7 +9,7 @@ import gradio as gr
 
 from engine import StudioError
 from engine.index.build import BuildSummary, build_index, stage_uploads
-from engine.index.search import QueryTerm, compare_queries, parse_query, search
+from engine.index.search import QueryTerm, compare_queries, parse_query, search, similar_images
 from engine.index.store import ImageIndex, index_path, list_indexes
 from engine.model.text import short_text
 
@@ -18,13 +18,20 @@ from .common import (MODEL_QUEUE, SERVE, ImageInput, gpu, index_choices, progres
 from .studio import Studio
 
 
-def _gallery(result) -> list[tuple]:
-    items = []
+def hit_caption(hit) -> str:
+    """Two short lines: the file's name; its cosine and probability."""
+    return f"{Path(hit.path).name}\ncos {hit.score:.3f} · p {hit.probability:.3f}"
+
+
+def _gallery(result) -> tuple[list[tuple], list[tuple[int, str]]]:
+    """Thumbnails with captions, and the image id and file name of each shown item (for "find similar")."""
+    items, shown = [], []
     for hit in result.hits:
         image = thumbnail(hit.path)
         if image is not None:
-            items.append((image, f"{Path(hit.path).name} · cos {hit.score:.3f} · p {hit.probability:.3f}"))
-    return items
+            items.append((image, hit_caption(hit)))
+            shown.append((hit.image_id, Path(hit.path).name))
+    return items, shown
 
 
 def terms_text(terms: list[QueryTerm]) -> str:
@@ -65,7 +72,7 @@ def build_summary_text(summary: BuildSummary) -> str:
 
 def build(studio: Studio) -> dict:
     index_name = _build_search(studio)
-    _build_compare(studio, index_name)
+    _build_compare(studio)
     return {"index_name": index_name}
 
 
@@ -96,7 +103,13 @@ def _build_search(studio: Studio) -> gr.Dropdown:
                 text_button = gr.Button("Search by text", variant="primary")
                 image_button = gr.Button("Search by image (+ text)")
             search_notes = gr.Markdown(elem_id="search-notes")
-            gallery = gr.Gallery(label="Results", columns=4, height=480, elem_id="search-gallery")
+            gallery = gr.Gallery(label="Results (select one, then “Find similar”)", columns=4, height=520,
+                                 elem_id="search-gallery")
+            with gr.Row():
+                selection_note = gr.Markdown("Select a result to find images like it.", elem_id="search-selection")
+                similar_button = gr.Button("Find similar to the selected result", size="sm", elem_id="find-similar")
+            shown_ids = gr.State([])
+            selected_id = gr.Number(None, visible=False, precision=0, label="Selected image id")
 
     @gpu
     @shown_in_place("notes", "keep")
@@ -123,49 +136,78 @@ def _build_search(studio: Studio) -> gr.Dropdown:
             return search(index, model, terms, k=int(n), min_score=None if cut <= -1 else cut,
                           path_contains=(path_part or "").strip() or None, readable=studio.readable)
 
-    @gpu
-    @shown_in_place("clear", "notes")
-    def do_search_text(name: str, text: str, n: int = 12, cut: float = -1, path_part: str = ""):
-        result = _run(name, text, n, cut, path_part)
-        return _gallery(result), _hits_note(studio, result, name)
+    def shown(result, name: str):
+        items, ids = _gallery(result)
+        return items, _hits_note(studio, result, name), ids
 
     @gpu
-    @shown_in_place("clear", "notes")
+    @shown_in_place("clear", "notes", "clear")
+    def do_search_text(name: str, text: str, n: int = 12, cut: float = -1, path_part: str = ""):
+        return shown(_run(name, text, n, cut, path_part), name)
+
+    @gpu
+    @shown_in_place("clear", "notes", "clear")
     def do_search_image(name: str, image_path, weight: float = 1.0, text: str = "", n: int = 12, cut: float = -1,
                         path_part: str = ""):
         if not image_path:
             raise StudioError("Add an example image first.")
         terms = [QueryTerm(float(weight), "image", image_path)]  # an upload: the one file read from outside the roots
         terms += parse_query(text, studio.readable) if (text or "").strip() else []
-        result = _run(name, terms, n, cut, path_part)
-        return _gallery(result), _hits_note(studio, result, name)
+        return shown(_run(name, terms, n, cut, path_part), name)
+
+    def do_select(shown_items: list, event: gr.SelectData):
+        if not shown_items or event.index is None or event.index >= len(shown_items):
+            return None, "Select a result to find images like it."
+        image_id, name = shown_items[event.index]
+        return image_id, f"Selected: **{name}**"
+
+    @gpu
+    @shown_in_place("keep", "notes", "keep")
+    def do_similar(name: str, image_id: float | None, n: int = 12):
+        if image_id is None or image_id < 0:
+            raise StudioError("Select a result in the gallery first, then “Find similar”.")
+        with studio.job("searching") as model, open_index(studio, name) as index:
+            return shown(similar_images(index, model, int(image_id), k=int(n)), name)
 
     build_button.click(do_build, [new_name, files, folder], [build_notes, index_name], api_name="build_index",
                        concurrency_id=MODEL_QUEUE)
     text_inputs = [index_name, query, k, min_score, path_filter]
-    text_button.click(do_search_text, text_inputs, [gallery, search_notes], api_name="search_text",
-                      **SERVE)
-    query.submit(do_search_text, text_inputs, [gallery, search_notes], api_name=False, **SERVE)
+    results = [gallery, search_notes, shown_ids]
+    unselect = {"fn": lambda: (None, "Select a result to find images like it."), "inputs": None,
+                "outputs": [selected_id, selection_note], "api_name": False, "queue": False}
+    text_button.click(do_search_text, text_inputs, results, api_name="search_text", **SERVE).then(**unselect)
+    query.submit(do_search_text, text_inputs, results, api_name=False, **SERVE).then(**unselect)
     image_button.click(do_search_image, [index_name, query_image, image_weight, query, k, min_score, path_filter],
-                       [gallery, search_notes], api_name="search_image", **SERVE)
+                       results, api_name="search_image", **SERVE).then(**unselect)
+    gallery.select(do_select, shown_ids, [selected_id, selection_note], api_name=False, queue=False)
+    similar_button.click(do_similar, [index_name, selected_id, k], results, api_name="find_similar",
+                         **SERVE).then(**unselect)
     index_name.focus(refresh_choices, None, index_name, api_name=False, queue=False)
     return index_name
 
 
-def _build_compare(studio: Studio, index_name: gr.Dropdown) -> None:
+def _build_compare(studio: Studio) -> None:
     with gr.Accordion("Compare languages", open=False):
-        languages = gr.Textbox(label="The same query in several languages, one per line",
-                               value="a dog on the beach\nun chien sur la plage\nein Hund am Strand\n海滩上的狗", lines=4)
-        k = gr.Slider(1, 50, value=12, step=1, label="Results per language (k)")
-        compare_button = gr.Button("Compare")
-        compare_notes = gr.Markdown(elem_id="compare-notes")
-        compare_table = gr.Dataframe(label="Top results per language", interactive=False)
-        overlap_table = gr.Dataframe(label="Overlap of the top-k between languages (shared results / k)",
-                                     interactive=False)
+        with gr.Row():
+            with gr.Column(scale=1):
+                names, latest = index_choices(studio.index_dir)
+                index_name = gr.Dropdown(names, value=latest, label="Index to compare in", allow_custom_value=True,
+                                         elem_id="compare-index")
+                languages = gr.Textbox(label="The same query in several languages, one per line", lines=4,
+                                       value="a dog on the beach\nun chien sur la plage\nein Hund am Strand\n海滩上的狗")
+                k = gr.Slider(1, 24, value=6, step=1, label="Results per language (k)")
+                compare_button = gr.Button("Compare", variant="primary")
+                compare_notes = gr.Markdown(elem_id="compare-notes")
+            with gr.Column(scale=3):
+                compare_gallery = gr.Gallery(label="Top results, one row per language", columns=6, height=460,
+                                             elem_id="compare-gallery")
+                overlap_table = gr.Dataframe(label="Overlap of the top-k between languages (shared results / k)",
+                                             interactive=False)
+                compare_table = gr.Dataframe(label="Top results per language (file names)", interactive=False)
 
     @gpu
-    @shown_in_place("clear", "clear", "notes")
-    def do_compare(name: str, lines: str, n: int = 12):
+    @shown_in_place("clear", "clear", "clear", "notes")
+    def do_compare(name: str, lines: str, n: int = 6):
         queries = [line.strip() for line in (lines or "").splitlines() if line.strip()]
         with studio.job("comparing queries") as model, open_index(studio, name) as index:
             comparison = compare_queries(index, model, queries, int(n), readable=studio.readable)
@@ -173,9 +215,17 @@ def _build_compare(studio: Studio, index_name: gr.Dropdown) -> None:
         depth = max(len(t) for t in top)
         rows = [[rank + 1] + [t[rank] if rank < len(t) else "" for t in top] for rank in range(depth)]
         overlap = [[q] + [f"{share:.2f}" for share in row] for q, row in zip(queries, comparison.overlap)]
-        return (gr.Dataframe(rows, headers=["rank"] + queries),
-                gr.Dataframe(overlap, headers=["query"] + queries), studio.notes(
-                    [w for result in comparison.results for w in result.warnings]))
+        thumbnails = []  # each language's top-k fills one row of the gallery (as many columns as results)
+        for query, result in zip(queries, comparison.results):
+            row = [(thumbnail(h.path), f"{short_text(query, 24)} #{rank}\n{Path(h.path).name}")
+                   for rank, h in enumerate(result.hits, start=1)]
+            thumbnails += [item for item in row if item[0] is not None]
+        return (gr.Gallery(thumbnails, columns=max(depth, 1)), gr.Dataframe(overlap, headers=["query"] + queries),
+                gr.Dataframe(rows, headers=["rank"] + queries),
+                studio.notes([w for result in comparison.results for w in result.warnings]))
 
-    compare_button.click(do_compare, [index_name, languages, k], [compare_table, overlap_table, compare_notes],
+    compare_button.click(do_compare, [index_name, languages, k],
+                         [compare_gallery, overlap_table, compare_table, compare_notes],
                          api_name="compare_languages", concurrency_id=MODEL_QUEUE)
+    index_name.focus(lambda: gr.Dropdown(choices=list_indexes(studio.index_dir)), None, index_name,
+                     api_name=False, queue=False)

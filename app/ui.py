@@ -7,6 +7,12 @@ import gradio as gr
 from . import tab_explore, tab_inside, tab_label, tab_models, tab_search, tab_train
 from .studio import Studio
 
+# Gallery captions are two short lines (name; scores): keep the line break and show them whole.
+CSS = """
+.gallery-item .caption-label { white-space: pre-line; overflow: visible; text-overflow: clip; line-height: 1.25;
+  max-width: 100%; text-align: left; }
+#explore-card { overflow-wrap: anywhere; }
+"""
 INTRO = ("# SigLIP 2 Studio\nZero-shot labelling, multilingual image search, an embedding explorer and a look "
          "inside Google's SigLIP 2 encoders. Probabilities are SigLIP's sigmoid scores: independent per label.")
 

@@ -152,8 +152,10 @@ def test_build_search_and_explore(client, photo_root):
     assert figure["plot"] and len(nearest) > 0
     gallery, notes = client.predict("missing", "cat", 5, -1, "", api_name="/search_text")
     assert not gallery and "No index named" in notes
-    table, overlap, _ = client.predict("trip", "a dog\nun chien", 4, api_name="/compare_languages")
+    thumbnails, overlap, table, _ = client.predict("trip", "a dog\nun chien", 4, api_name="/compare_languages")
     assert overlap["headers"] == ["query", "a dog", "un chien"]
+    thumbnails = thumbnails["value"]
+    assert len(thumbnails) == 8 and thumbnails[0]["caption"].startswith("a dog #1\n")  # a row of 4 per language
 
 
 def test_uploads_build_an_index(client, tmp_path):

@@ -45,10 +45,10 @@ def served(tmp_path_factory):
 
 
 def _caption_numbers(gallery) -> list[tuple[str, float, float]]:
-    """(file name, cos, p) from each gallery caption 'name · cos 0.123 · p 0.456'."""
+    """(file name, cos, p) from each gallery caption 'name⏎cos 0.123 · p 0.456'."""
     parsed = []
     for item in gallery:
-        name, cos, p = re.fullmatch(r"(.+) · cos (-?[\d.]+) · p ([\d.]+)", item["caption"]).groups()
+        name, cos, p = re.fullmatch(r"(.+)\ncos (-?[\d.]+) · p ([\d.]+)", item["caption"]).groups()
         parsed.append((name, float(cos), float(p)))
     return parsed
 
@@ -117,6 +117,21 @@ def test_text_and_image_search_scores_are_the_engines(served):
         _assert_hits_equal(combined, search(index, model, terms, k=5))
 
 
+def test_find_similar_is_the_engines(served):
+    from engine.index.search import similar_images
+    from engine.index.store import ImageIndex
+
+    client, model, folder, index_dir = served
+    with ImageIndex.open("views", index_dir) as index:
+        image_id = index.catalog.file_record(str(folder / "view 2.jpg")).image_id
+        expected = similar_images(index, model, image_id, k=3)
+    gallery, notes = client.predict("views", image_id, 3, api_name="/find_similar")
+    _assert_hits_equal(gallery, expected)
+    assert "view 2.jpg" not in [name for name, _, _ in _caption_numbers(gallery)] and "view 2.jpg" in notes
+    _, notes = client.predict("views", None, 3, api_name="/find_similar")
+    assert notes.startswith("⛔") and "Select a result" in notes
+
+
 def test_language_overlap_is_the_engines(served):
     from engine.index.search import compare_queries
     from engine.paths import AllowedRoots
@@ -125,7 +140,7 @@ def test_language_overlap_is_the_engines(served):
     client, model, folder, index_dir = served
     # the untrained model ranks every text alike: example images (a line may name one) make the lists differ
     queries = ["a dog on the beach", "海滩上的狗", str(folder / "view 5.jpg"), str(folder / "view 0.jpg")]
-    table, overlap, _ = client.predict("views", "\n".join(queries), 2, api_name="/compare_languages")
+    thumbnails, overlap, table, _ = client.predict("views", "\n".join(queries), 2, api_name="/compare_languages")
     table, overlap = table["value"], overlap["value"]
     with ImageIndex.open("views", index_dir) as index:
         comparison = compare_queries(index, model, queries, 2, readable=AllowedRoots.of(folder))
@@ -134,6 +149,8 @@ def test_language_overlap_is_the_engines(served):
     np.testing.assert_allclose(served_overlap, comparison.overlap, atol=5e-3)
     columns = list(zip(*[row[1:] for row in table["data"]]))
     assert [list(c) for c in columns] == [[Path(h.path).name for h in r.hits] for r in comparison.results]
+    assert [item["caption"].split("\n")[1] for item in thumbnails["value"]] == \
+        [Path(h.path).name for r in comparison.results for h in r.hits]
 
 
 def _plot_array(value) -> np.ndarray:

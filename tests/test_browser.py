@@ -3,12 +3,12 @@ labels an example image, builds an index, runs a search, clicks a point on the m
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from apphost import CHROMIUM, SHOTS, AppProcess
-from conftest import random_image
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")]
@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.slow,
 def test_label_and_search_in_a_browser(browser, tmp_path):
     root = tmp_path / "allowed"
     (root / "photos").mkdir(parents=True)
-    for i in range(6):
-        random_image(120, 160, seed=500 + i).save(root / "photos" / f"holiday {i}.jpg")
+    for photo in sorted((Path(__file__).parents[1] / "assets" / "examples").glob("*.jpg")):
+        shutil.copy(photo, root / "photos" / photo.name)  # the real example photos, as a person would index
     app = AppProcess("--test-model", "--cache-examples", "--index-dir", str(tmp_path / "indexes"),
                      "--allowed-root", str(root))
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -54,25 +54,72 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         page.locator("#search-notes").get_by_text("result(s)", exact=False).wait_for(timeout=30_000)
         page.screenshot(path=str(SHOTS / "search.png"), full_page=True)
 
-        # Explore: draw the map, place a query, click a point and see its image
+        # Find similar: select a result, ask for images like it
+        first_caption = page.locator("#search-gallery .caption-label, #search-gallery figcaption").first.inner_text()
+        page.locator("#search-gallery img").first.click()
+        first_name = first_caption.split("\n")[0].strip()
+        page.locator("#search-selection").get_by_text(f"Selected: {first_name}").wait_for(timeout=30_000)
+        page.get_by_role("button", name="Find similar to the selected result").click()
+        page.locator("#search-notes").get_by_text(f"image {first_name}", exact=False).wait_for(timeout=60_000)
+        page.screenshot(path=str(SHOTS / "similar.png"), full_page=True)
+
+        # Compare languages: thumbnails, one row per language
+        page.get_by_text("Compare languages").click()
+        page.locator("#compare-index input").fill("holiday")
+        page.get_by_role("button", name="Compare", exact=True).click()
+        page.locator("#compare-gallery img").first.wait_for(timeout=60_000)
+        page.locator("#compare-gallery").scroll_into_view_if_needed()
+        page.screenshot(path=str(SHOTS / "compare.png"), full_page=True)
+
+        # Explore: draw the map, place a query, hover and click a point, find similar, lasso all points
         page.get_by_role("tab", name="Explore").click()
-        page.get_by_label("Index", exact=True).fill("holiday")
-        page.get_by_label("Text query to place on the map").fill("a red car")
+        assert not page.get_by_label("Labels (zero-shot colouring)").is_visible()  # cluster colouring: no labels
+        page.get_by_label("zero-shot label").check()
+        page.get_by_label("Labels (zero-shot colouring)").wait_for(state="visible", timeout=10_000)
+        assert not page.get_by_label("Clusters (k-means)").first.is_visible()
+        page.get_by_label("cluster", exact=True).check()
+        page.locator("#explore-index input").fill("holiday")
+        page.get_by_label("Text query to place on the map").fill("a rocket launch")
         page.get_by_role("button", name="Draw map").click()
         plot = page.locator("#explore-map .js-plotly-plot")
         plot.wait_for(timeout=180_000)
         page.locator("#explore-notes").get_by_text("map of all 6 images", exact=False).wait_for(timeout=60_000)
         page.wait_for_function("() => document.querySelector('#explore-map .js-plotly-plot').dataset.bridged",
                                timeout=30_000)
-        x, y = page.evaluate("""() => { const gd = document.querySelector('#explore-map .js-plotly-plot');
-            const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, t = gd._fullData[0];
-            return [xa.l2p(t.x[0]) + xa._offset, ya.l2p(t.y[0]) + ya._offset]; }""")
-        corner = plot.bounding_box()
-        page.mouse.click(corner["x"] + x, corner["y"] + y)
+        def map_geometry():
+            """Screen positions of the image points and of the plotting area, read from plotly itself."""
+            return page.evaluate("""() => { const gd = document.querySelector('#explore-map .js-plotly-plot');
+                const box = gd.querySelector('.main-svg').getBoundingClientRect();
+                const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+                const points = gd._fullData.filter(t => t.name !== 'query').flatMap(t => Array.from(t.x, (x, i) =>
+                    [box.left + xa._offset + xa.l2p(x), box.top + ya._offset + ya.l2p(t.y[i])]));
+                return [points, [box.left + xa._offset + 1, box.left + xa._offset + xa._length - 1,
+                                 box.top + ya._offset + 1, box.top + ya._offset + ya._length - 1]]; }""")
+
+        points, _ = map_geometry()
+        page.mouse.move(*points[0])
+        page.locator("#explore-hover img").first.wait_for(timeout=30_000)
+        page.mouse.click(*points[0])
         page.locator("#explore-picked img").first.wait_for(timeout=30_000)
+        page.locator("#explore-card").get_by_text("cosine to the query", exact=False).wait_for(timeout=30_000)
+        page.get_by_role("button", name="Find similar", exact=True).click()
+        page.locator("#explore-gallery").get_by_text("Most similar to", exact=False).wait_for(timeout=60_000)
         page.screenshot(path=str(SHOTS / "explore.png"), full_page=True)
+        page.evaluate("window.scrollTo(0, 0)")  # the whole map on screen, as a person would have it to draw
+        points, area = map_geometry()  # a lasso around every point, inside the plotting area
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        left, right = max(area[0], min(xs) - 12), min(area[1], max(xs) + 12)
+        top, bottom = max(area[2], min(ys) - 12), min(area[3], max(ys) + 12)
+        page.mouse.move(left, top)
+        page.mouse.down()
+        for px, py in ((right, top), (right, bottom), (left, bottom), (left, top)):
+            page.mouse.move(px, py, steps=8)
+        page.mouse.up()
+        page.locator("#explore-gallery").get_by_text("Selected: 6 image(s)", exact=False).wait_for(timeout=30_000)
+        assert page.locator("#explore-gallery img").count() == 6
+        page.screenshot(path=str(SHOTS / "explore-lasso.png"), full_page=True)
     finally:
         page.close()
         app.stop()
-    for name in ("label", "search", "explore"):
+    for name in ("label", "search", "similar", "compare", "explore", "explore-lasso"):
         assert (SHOTS / f"{name}.png").stat().st_size > 10_000

@@ -169,3 +169,26 @@ def explore_index(index: ImageIndex, model: LoadedModel, colour_by: str = "clust
         result.query, result.query_point = query, projection.place(vector)
         result.nearest_paths = [paths[i] for i in projection.nearest(vector, nearest)]
     return result
+
+
+@dataclass
+class PointDetails:
+    """One point of the map, for its card: where the image is and how close it is to the query."""
+
+    image_id: int
+    path: str  # the first stored path
+    paths: list[str]  # every path holding the same content
+    width: int
+    height: int
+    query_score: float | None = None  # cosine to the query text, when one was given
+
+
+def point_details(index: ImageIndex, model: LoadedModel, image_id: int, query: str = "") -> PointDetails:
+    record = index.catalog.images([int(image_id)]).get(int(image_id))
+    if record is None:
+        raise IndexStoreError(f"Image {image_id} is not in index {index.path.name!r} (it may have been removed).")
+    details = PointDetails(record.id, record.paths[0], record.paths, record.width, record.height)
+    if (query or "").strip():
+        vector = index.catalog.embeddings_for([record.id], index.dim)[0]
+        details.query_score = float(vector @ encode_texts(model, [query]).vectors[0])
+    return details

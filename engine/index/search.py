@@ -147,22 +147,42 @@ def search(index: ImageIndex, model: LoadedModel, query: str | Image.Image | lis
     if isinstance(query, Image.Image) or any(t.kind == "image" for t in query):
         index.check_image_setting(model)  # image queries must be encoded as the index's images were
     embedded = embed_query(model, query, readable)
-    allowed = index.ids_matching_path(path_contains) if path_contains else None
-    hits: list[SearchHit] = []
-    if index.index.ntotal and (allowed is None or len(allowed)):
-        scores, ids = index.search_vectors(embedded.vector[None, :], k, allowed)
-        probabilities = probabilities_from_cosine(model, scores[0])
-        found = [(float(s), int(i), float(p)) for s, i, p in zip(scores[0], ids[0], probabilities) if i >= 0]
-        records = index.catalog.images(i for _, i, _ in found)
-        for score, image_id, probability in found:
-            if min_score is not None and score < min_score:
-                continue
-            record = records.get(image_id)
-            if record is None:
-                continue
-            paths = [p for p in record.paths if not path_contains or path_contains in p] or record.paths
-            hits.append(SearchHit(paths[0], paths, score, probability, image_id, record.width, record.height))
+    hits = _nearest(index, model, embedded.vector, k, min_score, path_contains)
     return SearchResult(label, hits, embedded.terms, embedded.warnings, model.untrained)
+
+
+def _nearest(index: ImageIndex, model: LoadedModel, vector: np.ndarray, k: int, min_score: float | None = None,
+             path_contains: str | None = None, exclude: int | None = None) -> list[SearchHit]:
+    """The stored images nearest to `vector` (dim,), best first, as hits."""
+    allowed = index.ids_matching_path(path_contains) if path_contains else None
+    if not index.index.ntotal or (allowed is not None and not len(allowed)):
+        return []
+    scores, ids = index.search_vectors(vector[None, :], k + (exclude is not None), allowed)
+    probabilities = probabilities_from_cosine(model, scores[0])
+    found = [(float(s), int(i), float(p)) for s, i, p in zip(scores[0], ids[0], probabilities)
+             if i >= 0 and i != exclude][:k]
+    records = index.catalog.images(i for _, i, _ in found)
+    hits = []
+    for score, image_id, probability in found:
+        record = records.get(image_id)
+        if record is None or (min_score is not None and score < min_score):
+            continue
+        paths = [p for p in record.paths if not path_contains or path_contains in p] or record.paths
+        hits.append(SearchHit(paths[0], paths, score, probability, image_id, record.width, record.height))
+    return hits
+
+
+def similar_images(index: ImageIndex, model: LoadedModel, image_id: int, k: int = 20) -> SearchResult:
+    """The stored images most like stored image `image_id` (by its stored vector: nothing is encoded again),
+    itself left out."""
+    index.check_model(model)
+    record = index.catalog.images([image_id]).get(image_id)
+    if record is None:
+        raise QueryError(f"Image {image_id} is not in index {index.path.name!r} (it may have been removed).")
+    vector = index.catalog.embeddings_for([image_id], index.dim)[0]
+    hits = _nearest(index, model, vector, k, exclude=image_id)
+    return SearchResult(f"like {Path(record.paths[0]).name}", hits, [QueryTerm(1.0, "image", record.paths[0])],
+                        [], model.untrained)
 
 
 @dataclass

@@ -86,6 +86,12 @@ MUTATIONS = [
     Mutation("images: an unreadable file reported as an unspecific read error", "engine/model/images.py",
              "data = Path(path).read_bytes()\n    except PermissionError:",
              "data = Path(path).read_bytes()\n    except FileNotFoundError:", ("tests/test_preprocess.py",)),
+    Mutation("ray: a stopped run's shards ignored (their images encoded again)", "engine/index/distributed.py",
+             "todo = [state for state in todo if state.path not in in_shards]", "todo = list(todo)",
+             ("tests/test_distributed.py",)),
+    Mutation("shards: another model's vectors ingested", "engine/index/shards.py",
+             "if theirs.shape != ours.shape or float(theirs @ ours) < 0.995:", "if theirs.shape != ours.shape:",
+             ("tests/test_distributed.py",)),
 ]
 
 
