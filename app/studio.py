@@ -33,6 +33,7 @@ class Studio:
     dtype: str | None = None
     model: LoadedModel | None = None
     load_error: str | None = None
+    cancel_flags: dict[str, threading.Event] = field(default_factory=dict)  # job key → set by its Cancel button
     running_jobs: Counter = field(default_factory=Counter)  # what runs on the current model now, in words
     loading: bool = False  # a model load is under way
     enable_training: bool = False  # the Fine-tune tab (app.py --enable-training)
@@ -77,6 +78,15 @@ class Studio:
         if self.model is None:
             raise StudioError(NO_MODEL)
         return self.model
+
+    def cancel_flag(self, key: str) -> threading.Event:
+        """A fresh flag for the job `key` (e.g. "build holiday"), which `cancel(key)` sets."""
+        self.cancel_flags[key] = threading.Event()
+        return self.cancel_flags[key]
+
+    def cancel(self, key: str) -> None:
+        if key in self.cancel_flags:
+            self.cancel_flags[key].set()
 
     @contextmanager
     def job(self, name: str):

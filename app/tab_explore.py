@@ -104,7 +104,9 @@ def build(studio: Studio) -> None:
             query = gr.Textbox(label="Text query to place on the map")
             max_points = gr.Slider(500, 100_000, value=DEFAULT_MAX_POINTS, step=500,
                                    label="Most points to draw (random subsample above)")
-            draw = gr.Button("Draw map", variant="primary")
+            with gr.Row():
+                draw = gr.Button("Draw map", variant="primary", scale=3)
+                stop = gr.Button("Cancel", variant="stop", scale=1, elem_id="cancel-map")
             notes = gr.Markdown(elem_id="explore-notes")
             hovered_image = gr.Image(label="Under the pointer", height=160, interactive=False,
                                      elem_id="explore-hover", show_label=True)
@@ -184,6 +186,7 @@ def build(studio: Studio) -> None:
     event = draw.click(do_explore, [index_name, colour_by, clusters, labels, query, max_points],
                        [plot, notes, nearest], api_name="explore", concurrency_id=MODEL_QUEUE)
     event.then(None, None, None, js=PLOT_BRIDGE)
+    stop.click(None, None, None, cancels=[event], api_name=False, queue=False)  # frees the UI; a running UMAP ends
     clicked.change(do_pick, [index_name, clicked, query], [picked, card], api_name=False)
     hovered.change(do_hover, [index_name, hovered], hovered_image, api_name=False, queue=False)
     selected.change(do_select, [index_name, selected], [nearest, notes], api_name=False)

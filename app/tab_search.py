@@ -70,6 +70,20 @@ def build_summary_text(summary: BuildSummary) -> str:
     return "\n\n".join(lines)
 
 
+def build_cancellably(studio: Studio, name: str, source: Path, report) -> BuildSummary:
+    """Build index `name` from `source`, stopping at the next file once its Cancel button is pressed."""
+    cancelled = studio.cancel_flag(f"build {name}")
+
+    def step(done: int, total: int) -> None:
+        if cancelled.is_set():  # committed batches stay: a later build goes on from them
+            raise StudioError(f"Build of {name!r} cancelled after {done} of {total} files; everything stored so "
+                              "far is kept, and building again continues from there.")
+        report(done, total)
+
+    with studio.job(f"building index {name}") as model:
+        return build_index(model, source, name, studio.index_dir, progress=step)
+
+
 def build(studio: Studio) -> dict:
     index_name = _build_search(studio)
     _build_compare(studio)
@@ -84,7 +98,9 @@ def _build_search(studio: Studio) -> gr.Dropdown:
             new_name = gr.Textbox(label="Index name", placeholder="holiday-2026")
             files = gr.File(file_count="multiple", file_types=["image"], type="filepath", label="Upload images")
             folder = gr.Textbox(label="…or a folder on the server (inside the allowed roots)")
-            build_button = gr.Button("Build / update index", variant="primary")
+            with gr.Row():
+                build_button = gr.Button("Build / update index", variant="primary", scale=3)
+                cancel_button = gr.Button("Cancel", variant="stop", scale=1, elem_id="cancel-build")
             build_notes = gr.Markdown(elem_id="build-notes")
         with gr.Column(scale=2):
             names, latest = index_choices(studio.index_dir)
@@ -125,9 +141,7 @@ def _build_search(studio: Studio) -> gr.Dropdown:
             source = stage_uploads(paths, name, studio.index_dir)
         else:
             raise StudioError("Upload images or give a server folder to index.")
-        with studio.job(f"building index {name}") as model:
-            summary = build_index(model, source, name, studio.index_dir,
-                                  progress=progress_callback(progress, "indexing"))
+        summary = build_cancellably(studio, name, source, progress_callback(progress, "indexing"))
         return "\n\n".join(x for x in (build_summary_text(summary), studio.notes()) if x), gr.Dropdown(
             choices=list_indexes(studio.index_dir), value=name)
 
@@ -169,6 +183,8 @@ def _build_search(studio: Studio) -> gr.Dropdown:
         with studio.job("searching") as model, open_index(studio, name) as index:
             return shown(similar_images(index, model, int(image_id), k=int(n)), name)
 
+    cancel_button.click(lambda name: studio.cancel(f"build {(name or '').strip()}"), new_name, None,
+                        api_name=False, queue=False)
     build_button.click(do_build, [new_name, files, folder], [build_notes, index_name], api_name="build_index",
                        concurrency_id=MODEL_QUEUE)
     text_inputs = [index_name, query, k, min_score, path_filter]

@@ -64,7 +64,7 @@ def main() -> None:
         with open(full_path, "wb") as full:
             for ids, vectors in data.chunks():
                 index.add_with_ids(vectors, ids)
-                full.write(vectors.tobytes())
+                full.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
                 peak = max(peak, rss())
         add_s = time.perf_counter() - start
         full_fd = os.open(full_path, os.O_RDONLY)

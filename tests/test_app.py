@@ -224,3 +224,28 @@ def test_sequence_length_setting(client):
     summary, notes = client.predict(5, api_name="/set_max_patches")
     assert "between 16 and 4096" in notes
     client.predict(256, api_name="/set_max_patches")
+
+
+def test_cancelled_build_keeps_what_it_stored(naflex_model, tmp_path):
+    from app.studio import Studio
+    from app.tab_search import build_cancellably
+    from engine import StudioError
+    from engine.index.store import ImageIndex
+    from test_index import make_folder
+
+    studio = Studio(index_dir=tmp_path / "indexes", allowed_roots=[tmp_path])
+    studio.model = naflex_model
+    make_folder(tmp_path / "photos", count=40)
+
+    def press_cancel_at_file_35(done: int, total: int) -> None:
+        if done == 35:
+            studio.cancel("build trip")
+
+    with pytest.raises(StudioError, match="cancelled after 36 of 40"):
+        build_cancellably(studio, "trip", tmp_path / "photos", press_cancel_at_file_35)
+    with ImageIndex.open("trip", studio.index_dir) as index:
+        stored = index.info().images
+    assert stored == 32  # the batch of 32 committed before the cancel is kept, the rest was never stored
+    assert not studio.running_jobs  # the model is free again
+    summary = build_cancellably(studio, "trip", tmp_path / "photos", lambda done, total: None)
+    assert summary.encoded == 40 - stored and summary.images == 40

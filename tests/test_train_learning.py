@@ -4,10 +4,11 @@ evaluated zero-shot on held-out images drawn with another seed. It starts near c
 learn; the loss must also fall on NaFlex inputs of mixed aspect ratios trained from multilingual captions.
 Figures are printed (pytest -s) for the README.
 
-The issue's goal is LEARNING_TARGET (90 %) top-1. Measured on 2 shared CPU cores, 230 steps (10 epochs of
-720 images) reach about 83 % (full) and 61 % (LoRA: the random embeddings and heads stay frozen), so the
-assertions use the FLOORS below, a margin under those measurements, not the goal. Raise them when a longer
-run fits the CI budget."""
+The issue's goal is LEARNING_TARGET (90 %) top-1. Measured on 2 shared CPU cores: full fine-tuning for 15
+epochs (345 steps of 720 images) reaches 100 %, so it is held to the target; LoRA (the random embeddings and
+heads stay frozen; only the adapters on the projections learn) reached 61 % in 10 epochs and at most 65 % in
+the variants tried (more patches, a higher rate, rank 64), so it is held to a FLOOR under that and the gap is
+stated in the README."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from engine.train.evaluate import zero_shot
 from engine.train.trainer import TrainConfig, train
 from test_train_data import make_shapes
 
-LEARNING_TARGET = 0.90  # the goal (not yet reached in the CI time; see the docstring)
-FLOORS = {"full": 0.75, "lora": 0.50}  # asserted: measured 0.83 and 0.61 at 230 steps
+LEARNING_TARGET = 0.90  # the goal: asserted for full fine-tuning
+FLOORS = {"full": LEARNING_TARGET, "lora": 0.50}  # measured 1.00 (full, 345 steps) and 0.61 (LoRA, 230 steps)
 TEMPLATES = ["a photo of a {}."]  # the user's own template, used for training captions and zero-shot prompts
 CHANCE = 1 / 12
 
@@ -49,7 +50,7 @@ def before(start_model, shapes):
     return zero_shot(load_model(str(start_model)), load_data(shapes["held_out"]["classes"]), templates=TEMPLATES)
 
 
-@pytest.mark.parametrize("mode,lr,epochs", [("full", 3e-3, 10), ("lora", 3e-3, 10)])
+@pytest.mark.parametrize("mode,lr,epochs", [("full", 3e-3, 15), ("lora", 3e-3, 10)])
 def test_fine_tuning_learns_the_shapes(tmp_path, shapes, start_model, before, mode, lr, epochs):
     torch.manual_seed(0)
     config = TrainConfig(mode=mode, epochs=epochs, batch_size=32, lr=lr, held_out=0.0, device="cpu",
