@@ -91,6 +91,10 @@ def test_label_batch_and_exports(client, photo_root):
     assert "Exported 8 image(s)" in notes
     with open({Path(p).name: p for p in exports}["labels.csv"], encoding="utf-8") as handle:
         assert list(csv.reader(handle))[1][1] == "dog"
+    shuffled = {"headers": table["headers"], "data": list(reversed(edited["data"]))}
+    exports, notes = client.predict(shuffled, api_name="/export_labels")
+    assert exports == {"__type__": "update"}  # the earlier exports stay as they were, still valid
+    assert notes.startswith("⛔") and "no longer match" in notes
 
 
 def test_uploads_keep_their_own_names(client, tmp_path):
