@@ -205,7 +205,8 @@ def label_images(studio: Studio, paths: list[str], server_folder: str, label_tex
 def _build_many(studio: Studio) -> None:
     with gr.Row():
         with gr.Column():
-            files = gr.File(file_count="multiple", file_types=["image"], type="filepath", label="Upload images")
+            files = gr.File(file_count="multiple", file_types=["image"], type="filepath", label="Upload images",
+                            elem_id="batch-files")
             folder = gr.Textbox(label="…or a folder on the server (inside the allowed roots)")
             batch_labels = gr.Textbox(DEFAULT_LABELS, label="Labels", lines=3)
             batch_template = gr.Textbox(DEFAULT_TEMPLATE, label=TEMPLATE_HELP, lines=2)
@@ -216,9 +217,11 @@ def _build_many(studio: Studio) -> None:
         with gr.Column():
             batch_notes = gr.Markdown(elem_id="batch-notes")
             table = gr.Dataframe(headers=["image", "labels", "top probabilities"], interactive=True,
-                                 label="Results (edit the labels column, then export again)", wrap=True)
+                                 label="Results (edit the labels column, then export again)", wrap=True,
+                                 column_widths=["24%", "22%", "54%"])
             export_again = gr.Button("Export the edited labels")
-            exports = gr.File(label="Exports: CSV, JSONL, ImageFolder (zip)", file_count="multiple")
+            exports = gr.File(label="Exports: CSV, JSONL, ImageFolder (zip)", file_count="multiple",
+                              elem_id="batch-exports")
     result_state = gr.State()
 
     @gpu

@@ -109,7 +109,8 @@ def _build_search(studio: Studio) -> gr.Dropdown:
             query = gr.Textbox(label="Text query, any language (combine: `2:red car + sunset - night`)",
                                elem_id="search-query")
             with gr.Row():
-                query_image = ImageInput(type="filepath", label="…and/or an example image", height=180)
+                query_image = ImageInput(type="filepath", label="…and/or an example image", height=180,
+                                         elem_id="search-example")
                 with gr.Column():
                     image_weight = gr.Slider(-2, 4, value=1, step=0.1, label="Weight of the example image")
                     k = gr.Slider(1, 100, value=12, step=1, label="Results (k)")

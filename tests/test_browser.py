@@ -39,6 +39,24 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         scores.get_by_text("ein Hund").first.wait_for(timeout=60_000)
         page.screenshot(path=str(SHOTS / "label.png"), full_page=True)
 
+        # Label many: upload two photos, label them, switch to single-label (re-applied, no encoding), exports
+        examples = Path(__file__).parents[1] / "assets" / "examples"
+        page.get_by_role("tab", name="Many images").click()
+        page.locator("#batch-files").wait_for(state="visible", timeout=30_000)
+        page.locator("#batch-files input[type=file]").set_input_files([str(examples / "cat.jpg"),
+                                                                      str(examples / "rocket.jpg")])
+        # (a file list shows a name's stem and extension apart)
+        page.wait_for_function("() => document.querySelector('#batch-files').innerText.includes('rocket')",
+                               timeout=60_000)
+        page.get_by_role("button", name="Label all").click()
+        page.locator("#batch-notes").get_by_text("Labelled 2 image(s)", exact=False).wait_for(timeout=120_000)
+        page.get_by_role("cell", name="cat.jpg", exact=True).first.wait_for(timeout=10_000)  # its own name
+        page.get_by_label("single").check()
+        page.locator("#batch-notes").get_by_text("single-label", exact=False).wait_for(timeout=30_000)
+        page.wait_for_function("() => document.querySelector('#batch-exports').innerText.includes('imagefolder')",
+                               timeout=30_000)
+        page.screenshot(path=str(SHOTS / "label-many.png"), full_page=True)
+
         # Search: build an index from a server folder, then search it by text
         page.get_by_role("tab", name="Search").click()
         assert page.get_by_text("Dropdown", exact=True).count() == 0  # no stray, unlabelled component
@@ -53,6 +71,11 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         assert page.locator("#search-gallery img").count() >= 1
         page.locator("#search-notes").get_by_text("result(s)", exact=False).wait_for(timeout=30_000)
         page.screenshot(path=str(SHOTS / "search.png"), full_page=True)
+
+        # Search by an example image (an upload)
+        page.locator("#search-example input[type=file]").set_input_files(str(examples / "cat.jpg"))
+        page.get_by_role("button", name="Search by image (+ text)").click()
+        page.locator("#search-notes").get_by_text("image cat.jpg", exact=False).wait_for(timeout=60_000)
 
         # Find similar: select a result, ask for images like it
         first_caption = page.locator("#search-gallery .caption-label, #search-gallery figcaption").first.inner_text()
@@ -118,8 +141,12 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         page.locator("#explore-gallery").get_by_text("Selected: 6 image(s)", exact=False).wait_for(timeout=30_000)
         assert page.locator("#explore-gallery img").count() == 6
         page.screenshot(path=str(SHOTS / "explore-lasso.png"), full_page=True)
+
+        page.get_by_role("tab", name="Models").click()
+        page.locator("#model-summary").get_by_text("Untrained test model", exact=False).first.wait_for(timeout=30_000)
+        page.screenshot(path=str(SHOTS / "models.png"), full_page=True)
     finally:
         page.close()
         app.stop()
-    for name in ("label", "search", "similar", "compare", "explore", "explore-lasso"):
+    for name in ("label", "label-many", "search", "similar", "compare", "explore", "explore-lasso", "models"):
         assert (SHOTS / f"{name}.png").stat().st_size > 10_000
