@@ -3,6 +3,7 @@ zero-shot label, with a text query placed on the map and thumbnails on click."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
@@ -12,7 +13,8 @@ import plotly.graph_objects as go
 from engine import StudioError
 from engine.explore.map import DEFAULT_MAX_POINTS, ExploreMap, PointDetails, explore_index, point_details
 from engine.index.search import similar_images
-from engine.index.store import ImageIndex
+from engine.index.catalog import Catalog
+from engine.index.store import ImageIndex, index_path
 
 from .common import MODEL_QUEUE, gpu, index_choices, shown_in_place, thumbnail
 from .studio import Studio
@@ -139,6 +141,18 @@ def build(studio: Studio) -> None:
         return figure(explored), "\n\n".join(x for x in (map_caption(explored), studio.notes()) if x), \
             [g for g in gallery if g[0] is not None]
 
+    @contextmanager
+    def catalog_of(name: str):
+        """The index's catalogue alone, read-only: hovering and selecting need no FAISS file loaded."""
+        path = index_path(name, studio.index_dir) / "catalog.sqlite"
+        if not path.exists():
+            raise StudioError(f"No index named {name!r}; draw the map again.")
+        catalog = Catalog(path, readonly=True)
+        try:
+            yield catalog
+        finally:
+            catalog.close()
+
     def point_id(text: str) -> int | None:
         text = (text or "").strip()
         return int(text) if text.lstrip("-").isdigit() and int(text) >= 0 else None
@@ -155,8 +169,8 @@ def build(studio: Studio) -> None:
     def do_hover(name: str, image_id: str):
         if point_id(image_id) is None:
             return None
-        with ImageIndex.open(name, studio.index_dir) as index:
-            record = index.catalog.images([point_id(image_id)]).get(point_id(image_id))
+        with catalog_of(name) as catalog:
+            record = catalog.images([point_id(image_id)]).get(point_id(image_id))
         return thumbnail(record.paths[0]) if record else None
 
     @shown_in_place("keep", "notes")
@@ -165,8 +179,8 @@ def build(studio: Studio) -> None:
         ids = [i for i in ids if i is not None]
         if not ids:
             return [], ""
-        with ImageIndex.open(name, studio.index_dir) as index:
-            records = index.catalog.images(ids[:MAX_SELECTED])
+        with catalog_of(name) as catalog:
+            records = catalog.images(ids[:MAX_SELECTED])
         items = [(thumbnail(records[i].paths[0]), Path(records[i].paths[0]).name) for i in ids if i in records]
         shown = [item for item in items if item[0] is not None]
         more = f" (the first {MAX_SELECTED} shown)" if len(ids) > MAX_SELECTED else ""
