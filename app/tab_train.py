@@ -8,6 +8,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
@@ -15,6 +16,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine import StudioError
+from engine.train.checkpoints import resumable_runs
 from engine.train.evaluate import comparison_table
 from engine.train.trainer import TrainConfig, train
 
@@ -71,42 +73,69 @@ def _has_subfolders(path: Path) -> bool:
     return any(p.is_dir() for p in path.iterdir())
 
 
+def finetuned_dir(studio: Studio) -> Path:
+    return studio.index_dir.parent / "finetuned"
+
+
+def run_choices(studio: Studio) -> list[tuple[str, str]]:
+    """(label, folder) of the interrupted runs the app wrote, newest first."""
+    return [(f"{run.out.name} · step {run.step}/{run.total_steps} · {run.mode}", str(run.out))
+            for run in resumable_runs(finetuned_dir(studio))]
+
+
 def fine_tune(studio: Studio, folder: str, upload, mode: str, epochs: float, batch_size: int, lr: float,
               device: str, cancel: threading.Event, progress=None):
     """Run a fine-tune on the loaded model's checkpoint; yields (figure, status, report, out folder)."""
     data = resolve_data(studio, folder, upload)
     config = TrainConfig(mode=mode, epochs=float(epochs), batch_size=int(batch_size), lr=float(lr) if lr else None,
                          device=None if device == "auto" else device)
+    with studio.job("fine-tuning") as model:
+        out = finetuned_dir(studio) / f"{Path(str(model.directory)).name}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+        yield from _follow(lambda on_event, should_stop: train(str(model.directory), data, out, config,
+                                                               on_event=on_event, should_stop=should_stop),
+                           cancel, progress)
+
+
+def resume_fine_tune(studio: Studio, run_folder: str, cancel: threading.Event, progress=None):
+    """Continue an interrupted run (from its last checkpoint, with its own model, data and settings)."""
+    run = next((r for r in resumable_runs(finetuned_dir(studio)) if str(r.out) == run_folder), None)
+    if run is None:
+        raise StudioError("Choose an interrupted run to resume: none is selected, or it has finished since.")
+    with studio.job("fine-tuning"):
+        yield from _follow(lambda on_event, should_stop: train(None, None, run.out, None, resume=True,
+                                                               on_event=on_event, should_stop=should_stop),
+                           cancel, progress)
+
+
+def _follow(run: Callable, cancel: threading.Event, progress):
+    """Run `run(on_event, should_stop)` in a thread, yielding the chart and status after every step."""
     events: queue.Queue = queue.Queue()
     outcome: dict = {}
-    with studio.job("fine-tuning") as model:
-        out = studio.index_dir.parent / "finetuned" / f"{Path(str(model.directory)).name}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
 
-        def work():
-            try:
-                outcome["result"] = train(str(model.directory), data, out, config, on_event=events.put,
-                                          should_stop=cancel.is_set)
-            except Exception as error:  # shown to the user below
-                outcome["error"] = error
-            finally:
-                events.put(None)
+    def work():
+        try:
+            outcome["result"] = run(events.put, cancel.is_set)
+        except Exception as error:  # shown to the user below
+            outcome["error"] = error
+        finally:
+            events.put(None)
 
-        thread = threading.Thread(target=work, name="fine-tune", daemon=True)
-        thread.start()
-        history, validation = [], []
-        while True:
-            event = events.get()
-            if event is None:
-                break
-            history.append({"step": event.step, "loss": event.loss})
-            if event.validation:
-                key, value = next(iter(event.validation.items()))
-                validation.append({"step": event.step, "metric": key, "value": value})
-            if progress is not None:
-                progress((event.step, event.total_steps), desc="fine-tuning", unit="steps")
-            yield (loss_figure(history, validation),
-                   f"step {event.step}/{event.total_steps} · loss {event.loss:.3f} · {event.seconds:.0f} s", "", "")
-        thread.join()
+    thread = threading.Thread(target=work, name="fine-tune", daemon=True)
+    thread.start()
+    history, validation = [], []
+    while True:
+        event = events.get()
+        if event is None:
+            break
+        history.append({"step": event.step, "loss": event.loss})
+        if event.validation:
+            key, value = next(iter(event.validation.items()))
+            validation.append({"step": event.step, "metric": key, "value": value})
+        if progress is not None:
+            progress((event.step, event.total_steps), desc="fine-tuning", unit="steps")
+        yield (loss_figure(history, validation),
+               f"step {event.step}/{event.total_steps} · loss {event.loss:.3f} · {event.seconds:.0f} s", "", "")
+    thread.join()
     if "error" in outcome:
         error = outcome["error"]
         raise error if isinstance(error, StudioError) else StudioError(f"Fine-tuning failed: {error}")
@@ -117,7 +146,8 @@ def fine_tune(studio: Studio, folder: str, upload, mode: str, epochs: float, bat
                   f"{comparison_table(result.before, result.after)}\n```")
     status = (f"{'Cancelled' if cancel.is_set() else 'Done'}: {result.steps}/{result.total_steps} steps in "
               f"{result.seconds:.0f} s. Checkpoint: `{result.out}`"
-              + (" (resumable with `python -m engine train --resume`)" if result.stopped else ""))
+              + (" (resume it under *Interrupted runs*, or with `python -m engine train --resume`)"
+                 if result.stopped else ""))
     yield loss_figure(result.history, result.validation), status, report, str(result.out)
 
 
@@ -138,6 +168,10 @@ def build(studio: Studio) -> None:
             with gr.Row():
                 start = gr.Button("Fine-tune", variant="primary")
                 stop = gr.Button("Cancel", variant="stop")
+            with gr.Row(equal_height=True):
+                runs = gr.Dropdown(run_choices(studio), value=None, scale=3,
+                                   label="Interrupted runs (continue from the last checkpoint)")
+                resume = gr.Button("Resume", scale=1)
         with gr.Column():
             chart = gr.Plot(label="Loss and validation accuracy")
             status = gr.Markdown()
@@ -153,6 +187,11 @@ def build(studio: Studio) -> None:
         yield from fine_tune(studio, folder_text, uploaded, mode_value, epochs_value, batch_value, lr_value,
                              device_value, cancel, progress)
 
+    @shown_in_place("clear", "notes", "clear", "keep")
+    def do_resume(run_folder, progress=gr.Progress()):
+        cancel.clear()
+        yield from resume_fine_tune(studio, run_folder, cancel, progress)
+
     @shown_in_place("notes")
     def do_load(folder_text):
         if not folder_text:
@@ -160,7 +199,13 @@ def build(studio: Studio) -> None:
         model = studio.load(folder_text)
         return f"Loaded `{model.name}`" + (" (still an untrained test model)" if model.untrained else "")
 
-    start.click(do_train, [folder, upload, mode, epochs, batch_size, lr, device],
-                [chart, status, report, out_folder], concurrency_id=MODEL_QUEUE)
+    def refresh_runs(clear: bool = True):
+        return gr.Dropdown(choices=run_choices(studio), **({"value": None} if clear else {}))
+
+    for trigger, handler, inputs, api_name in ((start, do_train, [folder, upload, mode, epochs, batch_size, lr, device],
+                                                "fine_tune"), (resume, do_resume, [runs], "resume_fine_tune")):
+        trigger.click(handler, inputs, [chart, status, report, out_folder], api_name=api_name,
+                      concurrency_id=MODEL_QUEUE).then(refresh_runs, None, runs, api_name=False, queue=False)
+    runs.focus(lambda: refresh_runs(clear=False), None, runs, api_name=False, queue=False)
     stop.click(lambda: cancel.set(), None, None, queue=False)
     load.click(do_load, out_folder, loaded, concurrency_id=MODEL_QUEUE)

@@ -1,5 +1,5 @@
-"""Faults: a full disk while an index is saved, the app killed in the middle of a build, a sequence length
-changed since an index was built. Nothing stored is lost, duplicated or encoded twice."""
+"""Faults: a full disk while an index is saved, the app killed in the middle of a build or of a fine-tune, a
+sequence length changed since an index was built. Nothing stored is lost, duplicated or encoded twice."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from engine.index import vectors
 from engine.index.build import build_index
 from engine.index.search import search
 from engine.index.store import ImageIndex
+from engine.train.checkpoints import STATE_FILE, resumable_runs
 from test_index import assert_consistent, make_folder
+from test_train_data import make_shapes
 
 
 def test_full_disk_during_save_keeps_the_previous_index(naflex_model, tmp_path, monkeypatch):
@@ -93,3 +95,43 @@ def test_app_killed_during_a_build_loses_nothing(tmp_path):
     assert (final.images, final.files) == (80, 80)
     REPORT["app killed during an index build"] = [f"{stored} of 80 stored at the kill; the restarted build "
                                                   f"encoded {80 - stored}; 80 images, 80 files, no orphans"]
+
+
+def test_app_killed_during_a_fine_tune_resumes_from_its_last_checkpoint(tmp_path):
+    import torch
+
+    root = tmp_path / "root"
+    data = make_shapes(root / "shapes", per_class=3, seed=9)  # 36 images: 4-5 batches of 8 per epoch
+    args = ("--test-model", "--enable-training", "--index-dir", str(tmp_path / "indexes"), "--allowed-root", str(root))
+    # the app SIGKILLs itself after the 7th optimizer step; its last checkpoint is the first epoch's
+    crashed = AppProcess(*args, env={"STUDIO_CRASH_AT": "train.after_step:7"})
+    try:
+        job = Client(crashed.url, verbose=False).submit(str(data["classes"]), None, "full", 3, 8, 1e-3, "cpu",
+                                                        api_name="/fine_tune")
+        crashed.process.wait(timeout=300)
+        assert crashed.process.returncode == -9
+        del job
+    finally:
+        crashed.stop()
+    [run] = resumable_runs(tmp_path / "finetuned")
+    at_kill = torch.load(run.out / STATE_FILE, weights_only=True)
+    per_epoch = run.total_steps // 3
+    assert run.total_steps == 3 * per_epoch and 7 > per_epoch > 1
+    assert run.step == at_kill["step"] == per_epoch  # the steps after the checkpoint are lost, nothing before them
+
+    restarted = AppProcess(*args)
+    try:
+        _, status, report, out = Client(restarted.url, verbose=False).predict(str(run.out),
+                                                                              api_name="/resume_fine_tune")
+    finally:
+        restarted.stop()
+    assert status.startswith(f"Done: {run.total_steps}/{run.total_steps} steps") and out == str(run.out)
+    assert "top1" in report
+    final = torch.load(run.out / STATE_FILE, weights_only=True)
+    steps = [h["step"] for h in final["history"]]
+    assert steps == list(range(1, run.total_steps + 1))  # each step once: none lost or repeated
+    assert final["history"][:per_epoch] == at_kill["history"]  # the same curve, continued
+    assert not resumable_runs(tmp_path / "finetuned")
+    REPORT["app killed during a fine-tune"] = [
+        f"killed after step 7 of {run.total_steps}, last checkpoint at step {run.step}; resumed in the restarted "
+        f"app to {run.total_steps}/{run.total_steps}, each step once"]

@@ -41,10 +41,19 @@ def quick(mode="full", **kw):
                        held_out=kw.pop("held_out", 0.2), device="cpu", templates=["a photo of a {}."], **kw)
 
 
-@pytest.mark.parametrize("mode", ["full", "lora", "probe"])
-def test_checkpoint_reloads_with_identical_embeddings(tmp_path, shapes, small_fixed, mode, monkeypatch):
+@pytest.fixture(scope="module")
+def small_naflex(tmp_path_factory):
+    from engine.model.testmodel import make_test_model
+
+    return make_test_model(tmp_path_factory.mktemp("n"), arch="naflex", seed=4, patch_size=8, max_patches=16)
+
+
+@pytest.mark.parametrize("mode,arch", [("full", "fixed"), ("lora", "fixed"), ("lora", "naflex"), ("probe", "fixed")])
+def test_checkpoint_reloads_with_identical_embeddings(tmp_path, shapes, small_fixed, small_naflex, mode, arch,
+                                                      monkeypatch):
     from engine.train import trainer
 
+    source = small_fixed if arch == "fixed" else small_naflex
     captured = {}
     prepare = trainer.prepare_mode
 
@@ -54,7 +63,7 @@ def test_checkpoint_reloads_with_identical_embeddings(tmp_path, shapes, small_fi
 
     monkeypatch.setattr(trainer, "prepare_mode", keep)
     events = []
-    result = train(str(small_fixed), shapes["classes"], tmp_path / mode, quick(mode), on_event=events.append)
+    result = train(str(source), shapes["classes"], tmp_path / mode, quick(mode), on_event=events.append)
     assert result.steps == result.total_steps > 0 and not result.stopped
     assert events and events[-1].validation
     out = tmp_path / mode
@@ -66,11 +75,14 @@ def test_checkpoint_reloads_with_identical_embeddings(tmp_path, shapes, small_fi
     reloaded = load_model(str(out))
     assert reloaded.untrained
     # Training moved the weights it should (probe: heads and score only) ...
-    after, before = reloaded.model.state_dict(), load_model(str(small_fixed)).model.state_dict()
+    after, before = reloaded.model.state_dict(), load_model(str(source)).model.state_dict()
     changed = [k for k in after if not np.allclose(after[k].numpy(), before[k].numpy())]
     assert changed, "training changed no weight"
     if mode == "probe":
         assert all("head" in k or "logit" in k for k in changed), changed
+    if mode == "lora":  # the adapters reach the embeddings and the heads, not only the encoder layers
+        assert {"vision_model.embeddings.patch_embedding.weight", "text_model.embeddings.token_embedding.weight",
+                "text_model.head.weight", "vision_model.head.mlp.fc1.weight"} <= set(changed), changed
     # ... and the checkpoint embeds exactly as the trained model did (LoRA merged into the weights).
     trained = captured["model"]
     trained.model.eval()
@@ -108,7 +120,7 @@ def test_cli_train_killed_then_resumed(tmp_path, shapes, small_fixed):
     assert killed.returncode == -9, killed.stderr[-2000:]
     state = __import__("torch").load(out / "training_state.pt", weights_only=False)
     assert state["step"] == 2  # the checkpoint before the kill: only step 3 is lost
-    resumed = run_cli(*args, "--resume", "--json")
+    resumed = run_cli("train", "--out", str(out), "--resume", "--json")  # its own model, data and settings
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     report = json.loads(resumed.stdout)
     assert report["steps"] == report["total_steps"] and not report["stopped"]

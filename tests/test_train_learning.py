@@ -4,11 +4,10 @@ evaluated zero-shot on held-out images drawn with another seed. It starts near c
 learn; the loss must also fall on NaFlex inputs of mixed aspect ratios trained from multilingual captions.
 Figures are printed (pytest -s) for the README.
 
-The issue's goal is LEARNING_TARGET (90 %) top-1. Measured on 2 shared CPU cores: full fine-tuning for 15
-epochs (345 steps of 720 images) reaches 100 %, so it is held to the target; LoRA (the random embeddings and
-heads stay frozen; only the adapters on the projections learn) reached 61 % in 10 epochs and at most 67 % in
-the variants tried (more patches, a higher rate, rank 64 for 15 epochs), so it is held to a FLOOR under that and the gap is
-stated in the README."""
+The issue's goal is LEARNING_TARGET (90 %) top-1, asserted for both modes. Measured on 2 shared CPU cores,
+15 epochs (345 steps of 720 images) each: full fine-tuning reaches 100 %, LoRA 96 % (adapters on the
+encoder projections, the embeddings and the heads' linear layers; with the encoder projections alone it
+stayed at 61-67 %, because this random model's frozen embeddings are what it has to change)."""
 
 from __future__ import annotations
 
@@ -25,8 +24,7 @@ from engine.train.evaluate import zero_shot
 from engine.train.trainer import TrainConfig, train
 from test_train_data import make_shapes
 
-LEARNING_TARGET = 0.90  # the goal: asserted for full fine-tuning
-FLOORS = {"full": LEARNING_TARGET, "lora": 0.50}  # measured 1.00 (full, 345 steps) and 0.61 (LoRA, 230 steps)
+LEARNING_TARGET = 0.90  # measured 1.00 (full) and 0.96 (LoRA), 345 steps each
 TEMPLATES = ["a photo of a {}."]  # the user's own template, used for training captions and zero-shot prompts
 CHANCE = 1 / 12
 
@@ -50,7 +48,7 @@ def before(start_model, shapes):
     return zero_shot(load_model(str(start_model)), load_data(shapes["held_out"]["classes"]), templates=TEMPLATES)
 
 
-@pytest.mark.parametrize("mode,lr,epochs", [("full", 3e-3, 15), ("lora", 3e-3, 10)])
+@pytest.mark.parametrize("mode,lr,epochs", [("full", 3e-3, 15), ("lora", 3e-3, 15)])
 def test_fine_tuning_learns_the_shapes(tmp_path, shapes, start_model, before, mode, lr, epochs):
     torch.manual_seed(0)
     config = TrainConfig(mode=mode, epochs=epochs, batch_size=32, lr=lr, held_out=0.0, device="cpu",
@@ -63,7 +61,7 @@ def test_fine_tuning_learns_the_shapes(tmp_path, shapes, start_model, before, mo
           f"(top-5 {after.metrics['top5']:.3f}), loss {result.history[0]['loss']:.2f} -> "
           f"{result.history[-1]['loss']:.2f}, {result.steps} steps, {seconds:.1f} s")
     assert before.metrics["top1"] <= 3 * CHANCE  # the untrained model is near chance
-    assert after.metrics["top1"] >= FLOORS[mode]
+    assert after.metrics["top1"] >= LEARNING_TARGET
 
 
 def test_loss_falls_on_naflex_mixed_aspect_ratios_from_multilingual_captions(tmp_path, shapes):

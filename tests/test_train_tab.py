@@ -52,13 +52,19 @@ def test_fine_tune_streams_reports_and_loads(studio):
     assert loaded.untrained and str(loaded.directory) == out
 
 
-def test_cancel_stops_early_and_bad_folder_is_refused(studio, tmp_path):
-    from app.tab_train import fine_tune
+def test_cancel_stops_early_resumes_and_bad_folder_is_refused(studio, tmp_path):
+    from app.tab_train import fine_tune, resume_fine_tune, run_choices
 
     studio, data = studio
     cancel = threading.Event()
     cancel.set()
     *_, last = fine_tune(studio, str(data["classes"]), None, "full", 5, 8, 1e-3, "cpu", cancel)
     assert "Cancelled" in last[1] and "--resume" in last[1]
+    [(label, folder)] = run_choices(studio)  # offered for resuming, with how far it got
+    assert folder == last[3] and "step 1/" in label and "full" in label
+    *_, resumed = resume_fine_tune(studio, folder, threading.Event())
+    assert resumed[1].startswith("Done") and not run_choices(studio)
+    with pytest.raises(StudioError, match="Choose an interrupted run"):
+        list(resume_fine_tune(studio, "/etc", threading.Event()))
     with pytest.raises(StudioError, match="outside the folders"):
         list(fine_tune(studio, "/etc", None, "full", 1, 8, 0, "cpu", threading.Event()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..errors import TrainError
 from ..model.loading import load_model
 from ..train.data import load_data
 from ..train.evaluate import comparison_table, evaluate
@@ -47,6 +48,10 @@ def cmd_train(args) -> int:
                        file=sys.stderr)
         bar.set_postfix(postfix)
 
+    if not args.resume and not (args.model and args.data):
+        raise TrainError("--model and --data are needed to start a run (or pass --resume to continue one).")
+    if args.resume and not (args.model or args.data):
+        config = None  # continue with the run's own model, data and settings
     result = train(args.model, args.data, args.out, config, resume=args.resume, on_event=on_event)
     if bar is not None:
         bar.close()
@@ -91,8 +96,8 @@ def _template_options(parser) -> None:
 
 def add_commands(commands) -> None:
     trainer = commands.add_parser("train", help="fine-tune a checkpoint (probe, LoRA or full) on images")
-    trainer.add_argument("--model", required=True, help="Hub id or local checkpoint folder to start from")
-    trainer.add_argument("--data", required=True,
+    trainer.add_argument("--model", help="Hub id or local checkpoint folder to start from")
+    trainer.add_argument("--data",
                          help="folder of class subfolders, caption .csv/.jsonl/COCO .json, or a `datasets` folder")
     trainer.add_argument("--mode", choices=MODES, default="lora")
     trainer.add_argument("--out", required=True, help="folder for the checkpoint (Hugging Face layout)")
@@ -111,7 +116,8 @@ def add_commands(commands) -> None:
     trainer.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resumable)")
     trainer.add_argument("--device", default=None, help="auto, cuda, cuda:N, xla (TPU), mps or cpu")
     trainer.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on GPU/TPU")
-    trainer.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    trainer.add_argument("--resume", action="store_true",
+                         help="continue the run saved in --out (alone: with its own model, data and settings)")
     trainer.add_argument("--json", action="store_true", help="print the report as JSON")
     _template_options(trainer)
     trainer.set_defaults(func=cmd_train)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -99,3 +100,29 @@ def restore_trainable(module: torch.nn.Module, saved: dict[str, torch.Tensor]) -
     with torch.no_grad():
         for name, value in saved.items():
             params[name].copy_(value.to(params[name].device))
+
+
+@dataclass(frozen=True)
+class ResumableRun:
+    """A fine-tuning run that stopped (killed or cancelled) before its last step."""
+
+    out: Path
+    source: str  # the checkpoint it was fine-tuned from
+    data: str
+    mode: str
+    step: int  # optimizer steps in its last checkpoint
+    total_steps: int
+
+
+def resumable_runs(folder: Path) -> list[ResumableRun]:
+    """The runs directly under `folder` that `train(..., resume=True)` can continue, newest first."""
+    runs = []
+    for out in sorted(Path(folder).glob("*/"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            info = json.loads((out / RUN_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if (out / STATE_FILE).exists() and info.get("step", 0) < info.get("total_steps", 0):
+            runs.append(ResumableRun(out, info.get("fine_tuned_from", "?"), info.get("data", "?"),
+                                     info.get("mode", "?"), info["step"], info["total_steps"]))
+    return runs

@@ -92,6 +92,9 @@ MUTATIONS = [
     Mutation("shards: another model's vectors ingested", "engine/index/shards.py",
              "if theirs.shape != ours.shape or float(theirs @ ours) < 0.995:", "if theirs.shape != ours.shape:",
              ("tests/test_distributed.py",)),
+    Mutation("lora: adapters on the encoder layers only (embeddings and heads frozen)", "engine/train/trainer.py",
+             'r"|embeddings\\.(patch_embedding|token_embedding|position_embedding)"', 'r"|unused_name"',
+             ("tests/test_train_learning.py",)),
 ]
 
 
