@@ -42,6 +42,14 @@ class AppProcess:
         self.stop()
         raise RuntimeError(f"app did not start:\n{self.output()}")
 
+    def wait_for_log(self, text: str, timeout: float = 240) -> None:
+        """Wait until the app has logged `text` (e.g. a background warm-up finishing)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"the app never logged {text!r}:\n{self.output()[-2000:]}")
+            time.sleep(0.5)
+
     def output(self) -> str:
         self.log.flush()
         self.log.seek(0)

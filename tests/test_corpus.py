@@ -174,3 +174,28 @@ def test_inspection_views(naflex_model, corpus):
             outcomes[name] = str(error)
     check(outcomes, expected, "inspection views")
     bounded(120, started)
+
+
+def test_training_data(corpus, tmp_path):
+    from engine.model.testmodel import make_test_model
+    from engine.train.data import load_data
+    from engine.train.trainer import TrainConfig, train
+
+    folder, expected = corpus
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "odd files").symlink_to(folder, target_is_directory=True)
+    good = tmp_path / "data" / "photos"
+    good.mkdir()
+    for i in range(4):
+        random_image(90, 70, seed=40 + i).save(good / f"{i}.jpg")
+    model = make_test_model(tmp_path / "model", arch="naflex", seed=3, patch_size=8, max_patches=16)
+    started = time.monotonic()
+    data = load_data(tmp_path / "data")
+    result = train(str(model), data, tmp_path / "out", TrainConfig(mode="full", epochs=1, batch_size=4, held_out=0.0,
+                                                                   device="cpu", templates=["a photo of {}."]))
+    reasons = {Path(item).name: reason for item, reason in data.skipped}
+    reasons.update({Path(line.split(": ", 1)[0]).name: line.split(": ", 1)[1] for line in result.skipped_images})
+    images = {name: outcome for name, outcome in expected.items() if name != "drawing.svg"}
+    check({name: reasons.get(name, "ok") for name in images}, images, "training data")
+    assert result.steps == result.total_steps > 0 and all(h["loss"] == h["loss"] for h in result.history)
+    bounded(180, started)

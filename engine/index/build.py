@@ -58,7 +58,7 @@ class _Read:
     failure: str | None = None
 
 
-class _FolderBuild:
+class FolderBuild:
     """One build of `root` into an open, writable index: plan the changes, then read, encode and commit."""
 
     def __init__(self, model: LoadedModel, index: ImageIndex, root: Path, summary: BuildSummary,
@@ -176,7 +176,7 @@ def build_index(
     root = root.absolute()
     summary = BuildSummary(name=name, folder=str(root))
     with ImageIndex.create(name, model, index_dir, factory=factory, mixed_precision=mixed_precision) as index:
-        build = _FolderBuild(model, index, root, summary, batch_size, save_every_seconds)
+        build = FolderBuild(model, index, root, summary, batch_size, save_every_seconds)
         build.run(build.plan(), progress, workers)
         index.replan()
         index.save()

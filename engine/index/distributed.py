@@ -24,7 +24,7 @@ from ..model.encode import ProgressCallback, decode_target, embed_pixel_batch
 from ..model.images import decode_image_bytes, read_file_bytes
 from ..model.loading import LoadedModel, load_model
 from ..model.preprocess import ImagePreprocessor
-from .build import BuildSummary, _FolderBuild
+from .build import BuildSummary, FolderBuild
 from .shards import ShardRows, ingest_shards, shard_files, write_shard, written_paths
 from .store import ImageIndex, model_fingerprint
 
@@ -177,7 +177,7 @@ def build_index_on_ray(
     with ImageIndex.create(name, model, index_dir, factory=factory) as index:
         shards_dir, ingested_dir = index.path / SHARDS, index.path / SHARDS / INGESTED
         ingested_dir.mkdir(parents=True, exist_ok=True)
-        todo = _FolderBuild(model, index, root, summary, batch_size, float("inf")).plan()
+        todo = FolderBuild(model, index, root, summary, batch_size, float("inf")).plan()
         in_shards = written_paths(shards_dir)  # from a run that was stopped before it ingested them
         todo = [state for state in todo if state.path not in in_shards]
         if todo:
