@@ -145,8 +145,8 @@ def _follow(run: Callable, cancel: threading.Event, progress):
         report = (f"**Held-out set: {result.after.num_images} images**\n\n```\n"
                   f"{comparison_table(result.before, result.after)}\n```")
     status = (f"{'Cancelled' if cancel.is_set() else 'Done'}: {result.steps}/{result.total_steps} steps in "
-              f"{result.seconds:.0f} s. Checkpoint: `{result.out}`"
-              + (" (resume it under *Interrupted runs*, or with `python -m engine train --resume`)"
+              f"{result.seconds:.0f} s, checkpoint written"
+              + (" (resume it under *Interrupted runs*, or with `python -m engine train --out FOLDER --resume`)"
                  if result.stopped else ""))
     yield loss_figure(result.history, result.validation), status, report, str(result.out)
 
@@ -197,7 +197,8 @@ def build(studio: Studio) -> None:
         if not folder_text:
             raise StudioError("Fine-tune first: there is no checkpoint to load yet.")
         model = studio.load(folder_text)
-        return f"Loaded `{model.name}`" + (" (still an untrained test model)" if model.untrained else "")
+        return f"Loaded `{Path(str(model.directory)).name}`" + (" (still an untrained test model)"
+                                                                 if model.untrained else "")
 
     def refresh_runs(clear: bool = True):
         return gr.Dropdown(choices=run_choices(studio), **({"value": None} if clear else {}))
