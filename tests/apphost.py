@@ -61,3 +61,11 @@ class AppProcess:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+def open_app_page(browser, app: AppProcess):
+    """A 1400×1000 browser page on the running app (the screenshot folder made ready)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app.url, wait_until="domcontentloaded", timeout=60_000)
+    return page

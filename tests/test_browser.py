@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from apphost import CHROMIUM, SHOTS, AppProcess
+from apphost import CHROMIUM, SHOTS, AppProcess, open_app_page
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")]
@@ -21,10 +21,8 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         shutil.copy(photo, root / "photos" / photo.name)  # the real example photos, as a person would index
     app = AppProcess("--test-model", "--cache-examples", "--index-dir", str(tmp_path / "indexes"),
                      "--allowed-root", str(root))
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = open_app_page(browser, app)
     try:
-        page.goto(app.url, wait_until="domcontentloaded", timeout=60_000)
         page.get_by_text("untrained test model", exact=False).first.wait_for(timeout=30_000)
 
         # Label: click an example (its result was cached at start-up), then label it with other labels

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from apphost import CHROMIUM, ROOT, SHOTS, AppProcess
+from apphost import CHROMIUM, ROOT, SHOTS, AppProcess, open_app_page
 from engine.inspect.render import panel_size, patch_at
 from engine.model.preprocess import PatchGrid, naflex_size
 
@@ -26,10 +26,8 @@ def expected_grid() -> PatchGrid:
 
 def test_inside_views_in_a_browser(browser, tmp_path):
     app = AppProcess("--test-model", "--index-dir", str(tmp_path / "indexes"))
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = open_app_page(browser, app)
     try:
-        page.goto(app.url, wait_until="domcontentloaded", timeout=60_000)
         page.get_by_role("tab", name="Inside").click()
         page.locator("#inside-image input[type=file]").set_input_files(str(IMAGE))
         page.locator("#inside-image img").first.wait_for(timeout=30_000)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from apphost import CHROMIUM, SHOTS, AppProcess
+from apphost import CHROMIUM, SHOTS, AppProcess, open_app_page
 from test_train_data import make_shapes
 
 pytestmark = [pytest.mark.slow,
@@ -21,10 +21,8 @@ def test_fine_tune_cancel_resume_and_load_in_a_browser(browser, tmp_path):
     data = make_shapes(root / "shapes", per_class=3, seed=14)
     app = AppProcess("--test-model", "--enable-training", "--index-dir", str(tmp_path / "indexes"),
                      "--allowed-root", str(root))
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = open_app_page(browser, app)
     try:
-        page.goto(app.url, wait_until="domcontentloaded", timeout=60_000)
         page.get_by_role("tab", name="Fine-tune").click()
         page.get_by_label("Dataset on the server").fill(str(data["classes"]))
         page.get_by_label("full", exact=True).check()

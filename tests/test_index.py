@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -352,3 +353,20 @@ def test_pq_codes_are_reranked_with_the_stored_vectors(naflex_model, tmp_path):
         raw_scores, _ = index.index.search(queries, 2)
         assert np.abs(raw_scores - scores).max() > 1e-3  # the codes alone would have given other scores
         assert index.meta["recall_estimate"] >= 0.95
+
+
+def test_read_only_opens_share_the_loaded_vectors_until_the_catalogue_changes(naflex_model, tmp_path):
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    make_folder(folder, count=6)
+    build_index(naflex_model, folder, "shared", index_dir)
+    with ImageIndex.open("shared", index_dir) as first, ImageIndex.open("shared", index_dir) as second:
+        assert second.index is first.index  # a search server opening per request reads the file once
+        before = first.index
+    make_folder(folder, count=2, start=6)
+    build_index(naflex_model, folder, "shared", index_dir)  # a new catalogue version
+    with ImageIndex.open("shared", index_dir) as after:
+        assert after.index is not before and after.index.ntotal == 8
+        found = search(after, naflex_model, str(folder / "photo 7 é.jpg"), k=1).hits[0]
+        assert Path(found.path).name == "photo 7 é.jpg"
+    with ImageIndex.open("shared", index_dir, writable=True) as writer:
+        assert writer.index is not after.index  # a writer never changes the vectors readers share

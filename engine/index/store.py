@@ -8,11 +8,14 @@ always match one to one and nothing committed is ever encoded again.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import threading
 import time
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,12 @@ log = logging.getLogger(__name__)
 INDEX_DIR_ENV = "STUDIO_INDEX_DIR"
 _NAME = re.compile(r"^[\w][\w .-]{0,63}$")
 _FAISS_FILE = re.compile(r"^vectors\.v(\d+)\.faiss$")
+# FAISS indexes loaded for reading, shared by read-only opens of the same catalogue version: a search server
+# opens the index per request, and reading a 1M-vector file each time would cost more than the search.
+# FAISS searches are safe to run concurrently on one index; per-query parameters travel in SearchParameters.
+_READ_CACHE: OrderedDict[tuple, tuple[faiss.Index, int]] = OrderedDict()
+_READ_CACHE_SIZE = 4
+_read_cache_lock = threading.Lock()
 FINGERPRINT_TEXT = "siglip 2 studio index fingerprint"
 LEGACY_PRECISION = "fp32"  # indexes written before precisions were recorded were all built in fp32
 
@@ -224,6 +233,24 @@ class ImageIndex:
         return found
 
     def _load_faiss(self) -> faiss.Index:
+        """The loaded FAISS index; read-only opens share one per catalogue version (see _READ_CACHE)."""
+        if self.lock is not None:
+            return self._read_faiss()
+        key = (str(self.path.resolve()), self.catalog.version, json.dumps(self.meta.get("search_params") or {},
+                                                                           sort_keys=True))
+        with _read_cache_lock:
+            if key in _READ_CACHE:
+                _READ_CACHE.move_to_end(key)
+                self.index, self.faiss_version = _READ_CACHE[key]
+                return self.index
+        index = self._read_faiss()
+        with _read_cache_lock:
+            _READ_CACHE[key] = (index, self.faiss_version)
+            while len(_READ_CACHE) > _READ_CACHE_SIZE:
+                _READ_CACHE.popitem(last=False)
+        return index
+
+    def _read_faiss(self) -> faiss.Index:
         """The newest FAISS file not ahead of the catalogue, caught up by replaying the change log."""
         usable = {v: p for v, p in self._faiss_files().items() if v <= self.catalog.version}
         if not usable:
