@@ -365,8 +365,18 @@ def test_read_only_opens_share_the_loaded_vectors_until_the_catalogue_changes(na
     make_folder(folder, count=2, start=6)
     build_index(naflex_model, folder, "shared", index_dir)  # a new catalogue version
     with ImageIndex.open("shared", index_dir) as after:
+        version = after.catalog.version
         assert after.index is not before and after.index.ntotal == 8
         found = search(after, naflex_model, str(folder / "photo 7 é.jpg"), k=1).hits[0]
         assert Path(found.path).name == "photo 7 é.jpg"
     with ImageIndex.open("shared", index_dir, writable=True) as writer:
         assert writer.index is not after.index  # a writer never changes the vectors readers share
+    remove_index("shared", index_dir)  # the same name built again from other photos reaches the same version
+    other = tmp_path / "other"
+    for start in (20, 24):  # two builds, as before
+        make_folder(other, count=4, start=start)
+        build_index(naflex_model, other, "shared", index_dir)
+    with ImageIndex.open("shared", index_dir) as rebuilt:
+        assert rebuilt.catalog.version == version and rebuilt.index is not after.index
+        found = search(rebuilt, naflex_model, str(other / "photo 27 é.jpg"), k=1).hits[0]
+        assert Path(found.path).name == "photo 27 é.jpg"

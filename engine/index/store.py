@@ -236,8 +236,9 @@ class ImageIndex:
         """The loaded FAISS index; read-only opens share one per catalogue version (see _READ_CACHE)."""
         if self.lock is not None:
             return self._read_faiss()
-        key = (str(self.path.resolve()), self.catalog.version, json.dumps(self.meta.get("search_params") or {},
-                                                                           sort_keys=True))
+        # created_at tells apart an index removed and built again under the same name, whose versions restart
+        key = (str(self.path.resolve()), self.meta.get("created_at"), self.catalog.version,
+               json.dumps(self.meta.get("search_params") or {}, sort_keys=True))
         with _read_cache_lock:
             if key in _READ_CACHE:
                 _READ_CACHE.move_to_end(key)
