@@ -169,7 +169,8 @@ def build(studio: Studio) -> None:
                 start = gr.Button("Fine-tune", variant="primary")
                 stop = gr.Button("Cancel", variant="stop")
             with gr.Row(equal_height=True):
-                runs = gr.Dropdown(run_choices(studio), value=None, scale=3,
+                # custom values: a run stopped after this page was built is still accepted (resume checks it)
+                runs = gr.Dropdown(run_choices(studio), value=None, scale=3, allow_custom_value=True,
                                    label="Interrupted runs (continue from the last checkpoint)")
                 resume = gr.Button("Resume", scale=1)
         with gr.Column():
@@ -200,13 +201,15 @@ def build(studio: Studio) -> None:
         return f"Loaded `{Path(str(model.directory)).name}`" + (" (still an untrained test model)"
                                                                  if model.untrained else "")
 
-    def refresh_runs(clear: bool = True):
-        return gr.Dropdown(choices=run_choices(studio), **({"value": None} if clear else {}))
+    def refresh_runs(selected: str | None = None):
+        """The runs on disk now; keeps `selected` only while it is still one of them."""
+        choices = run_choices(studio)
+        return gr.Dropdown(choices=choices, value=selected if selected in [v for _, v in choices] else None)
 
     for trigger, handler, inputs, api_name in ((start, do_train, [folder, upload, mode, epochs, batch_size, lr, device],
                                                 "fine_tune"), (resume, do_resume, [runs], "resume_fine_tune")):
         trigger.click(handler, inputs, [chart, status, report, out_folder], api_name=api_name,
                       concurrency_id=MODEL_QUEUE).then(refresh_runs, None, runs, api_name=False, queue=False)
-    runs.focus(lambda: refresh_runs(clear=False), None, runs, api_name=False, queue=False)
+    runs.focus(refresh_runs, runs, runs, api_name=False, queue=False)
     stop.click(lambda: cancel.set(), None, None, queue=False)
     load.click(do_load, out_folder, loaded, concurrency_id=MODEL_QUEUE)

@@ -120,10 +120,16 @@ def test_cli_train_killed_then_resumed(tmp_path, shapes, small_fixed):
     assert killed.returncode == -9, killed.stderr[-2000:]
     state = __import__("torch").load(out / "training_state.pt", weights_only=False)
     assert state["step"] == 2  # the checkpoint before the kill: only step 3 is lost
-    resumed = run_cli("train", "--out", str(out), "--resume", "--json")  # its own model, data and settings
+    # its own model, data and settings (not the CLI's defaults: mode lora, 1 epoch, batch 32); a new step limit
+    partly = run_cli("train", "--out", str(out), "--resume", "--max-steps", "4", "--json")
+    assert partly.returncode == 0, partly.stderr[-2000:]
+    first = json.loads(partly.stdout)
+    assert first["steps"] == 4 and first["stopped"] and first["total_steps"] > 4
+    resumed = run_cli("train", "--out", str(out), "--resume", "--json")  # the step limit is not kept
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     report = json.loads(resumed.stdout)
-    assert report["steps"] == report["total_steps"] and not report["stopped"]
+    assert report["steps"] == report["total_steps"] == first["total_steps"] and not report["stopped"]
+    assert json.loads((out / "studio_training.json").read_text())["mode"] == "full"
     assert "top1" in report["after"]["metrics"]
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 from ..errors import TrainError
 from ..model.loading import load_model
+from ..train.checkpoints import load_state
 from ..train.data import load_data
 from ..train.evaluate import comparison_table, evaluate
-from ..train.trainer import LOSSES, MODES, TrainConfig, train
+from ..train.trainer import LOSSES, MODES, TrainConfig, saved_config, train
 from .common import UNTRAINED_NOTE, progress_bar, warn, warn_all
 
 
@@ -50,8 +53,11 @@ def cmd_train(args) -> int:
 
     if not args.resume and not (args.model and args.data):
         raise TrainError("--model and --data are needed to start a run (or pass --resume to continue one).")
-    if args.resume and not (args.model or args.data):
-        config = None  # continue with the run's own model, data and settings
+    if args.resume:  # the run's own settings (a changed schedule would not continue its curve); where it runs is new
+        state = load_state(Path(args.out).expanduser())
+        if state is None:
+            raise TrainError(f"{args.out}: nothing to resume (no training state); run without --resume to start.")
+        config = replace(saved_config(state), device=args.device, bf16=not args.no_bf16, max_steps=args.max_steps)
     result = train(args.model, args.data, args.out, config, resume=args.resume, on_event=on_event)
     if bar is not None:
         bar.close()
@@ -117,7 +123,8 @@ def add_commands(commands) -> None:
     trainer.add_argument("--device", default=None, help="auto, cuda, cuda:N, xla (TPU), mps or cpu")
     trainer.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on GPU/TPU")
     trainer.add_argument("--resume", action="store_true",
-                         help="continue the run saved in --out (alone: with its own model, data and settings)")
+                         help="continue the run saved in --out with its own settings (and its model and data "
+                              "unless given); --device, --no-bf16 and --max-steps apply anew")
     trainer.add_argument("--json", action="store_true", help="print the report as JSON")
     _template_options(trainer)
     trainer.set_defaults(func=cmd_train)

@@ -6,7 +6,6 @@ It sits above both the index (the points) and labelling (the zero-shot colours).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,20 +55,10 @@ def warm_up_umap() -> None:
     """Compile UMAP's numba code on a few random points (its first call costs ~40 s on a small CPU): run it in
     a background thread when a server starts, so the first real map is fast."""
     if not _umap_ready.is_set():
-        _lower_this_threads_priority()
         started = time.monotonic()
         _umap_layout(np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32), 0)
         _umap_ready.set()
         log.info("UMAP compiled in %.0f s: maps are drawn with it from now on", time.monotonic() - started)
-
-
-def _lower_this_threads_priority() -> None:
-    """Nice the calling thread (Linux: threads have their own nice value) so that requests arriving while
-    UMAP compiles are not slowed by it."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):  # not Linux, or not permitted: compile at normal priority
-        pass
 
 
 def umap_is_warm() -> bool:

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 INDEX_DIR_ENV = "STUDIO_INDEX_DIR"
 _NAME = re.compile(r"^[\w][\w .-]{0,63}$")
 _FAISS_FILE = re.compile(r"^vectors\.v(\d+)\.faiss$")
-# FAISS indexes loaded for reading, shared by read-only opens of the same catalogue version: a search server
-# opens the index per request, and reading a 1M-vector file each time would cost more than the search.
+# FAISS indexes loaded for reading (one per index, up to 4 indexes), shared by read-only opens of the same
+# catalogue version: a search server opens the index per request, and reading a 1M-vector file each time
+# would cost more than the search.
 # FAISS searches are safe to run concurrently on one index; per-query parameters travel in SearchParameters.
 _READ_CACHE: OrderedDict[tuple, tuple[faiss.Index, int]] = OrderedDict()
 _READ_CACHE_SIZE = 4
@@ -236,8 +237,11 @@ class ImageIndex:
         """The loaded FAISS index; read-only opens share one per catalogue version (see _READ_CACHE)."""
         if self.lock is not None:
             return self._read_faiss()
-        # created_at tells apart an index removed and built again under the same name, whose versions restart
-        key = (str(self.path.resolve()), self.meta.get("created_at"), self.catalog.version,
+        path = str(self.path.resolve())
+        version = self.catalog.version
+        # created_at tells apart an index removed and built again under the same name (its versions restart);
+        # factory and trained_for change when a build re-plans the index without a new version
+        key = (path, self.meta.get("created_at"), version, self.meta.get("factory"), self.meta.get("trained_for"),
                json.dumps(self.meta.get("search_params") or {}, sort_keys=True))
         with _read_cache_lock:
             if key in _READ_CACHE:
@@ -245,7 +249,11 @@ class ImageIndex:
                 self.index, self.faiss_version = _READ_CACHE[key]
                 return self.index
         index = self._read_faiss()
+        if self.catalog.version != version:  # a writer committed while the file was read: do not keep it
+            return index
         with _read_cache_lock:
+            for stale in [k for k in _READ_CACHE if k[0] == path]:  # one loaded copy per index
+                del _READ_CACHE[stale]
             _READ_CACHE[key] = (index, self.faiss_version)
             while len(_READ_CACHE) > _READ_CACHE_SIZE:
                 _READ_CACHE.popitem(last=False)
@@ -420,3 +428,6 @@ def remove_index(name: str, index_dir=None) -> None:
         shutil.rmtree(path)
     finally:
         lock.release()
+    with _read_cache_lock:
+        for gone in [k for k in _READ_CACHE if k[0] == str(path.resolve())]:
+            del _READ_CACHE[gone]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,14 +35,19 @@ from .templates import CLIP_PAPER_TEMPLATES
 MODES = ("probe", "lora", "full")
 LOSSES = ("auto", "plain", "chunked", "ring")
 # Encoder projections alone leave the embeddings as they were: adapting the inputs as well (tokens, patches,
-# positions) and the heads' linear layers measured 61 % -> 94 % held-out top-1 on the learning test. Where a
-# model reads an embedding's `.weight` directly (NaFlex's resized position grid), its adapter gets no
-# gradient and stays zero, so merging it changes nothing.
-LORA_TARGETS = (r".*(text_model|vision_model)\.("
-                r"encoder\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))"
-                r"|embeddings\.(patch_embedding|token_embedding|position_embedding)"
-                r"|head\.mlp\.(fc1|fc2))"
-                r"|.*text_model\.head")
+# positions) and the heads' linear layers measured 61 % -> 94 % held-out top-1 on the learning test.
+
+
+def lora_targets(arch: str) -> str:
+    """peft's target_modules regex. NaFlex reads its vision position table's `.weight` directly (resized per
+    image), so an adapter there would get no gradient (and DDP refuses parameters that get none)."""
+    vision_embeddings = "patch_embedding|position_embedding" if arch == "fixed" else "patch_embedding"
+    return (r".*(text_model|vision_model)\.encoder\.layers\.\d+\."
+            r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))"
+            r"|.*text_model\.(embeddings\.(token_embedding|position_embedding)|head)"
+            rf"|.*vision_model\.(embeddings\.({vision_embeddings})|head\.mlp\.(fc1|fc2))")
+
+
 MAX_BAD_STEPS = 5
 
 
@@ -131,7 +137,7 @@ def prepare_mode(model: LoadedModel, config: TrainConfig):
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                          target_modules=LORA_TARGETS, bias="none")
+                          target_modules=lora_targets(model.arch), bias="none")
         peft_model = get_peft_model(module, lora)  # injects the adapters into `module` in place
     else:
         raise TrainError(f"Unknown mode {config.mode!r}: use one of {', '.join(MODES)}.")
@@ -191,8 +197,8 @@ def _run_info(config: TrainConfig, source: str, data: str, step: int, total: int
             "config": {k: v for k, v in asdict(config).items() if k != "templates"}, "validation": metrics}
 
 
-def train(model_name: str | None, data: str | Path | TrainData | None, out: str | Path, config: TrainConfig | None = None,
-          resume: bool = False, on_event: Callable[[TrainEvent], None] | None = None,
+def train(model_name: str | None, data: str | Path | TrainData | None, out: str | Path,
+          config: TrainConfig | None = None, resume: bool = False, on_event: Callable[[TrainEvent], None] | None = None,
           should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Fine-tune `model_name` on `data`, writing a loadable checkpoint (and resumable state) to `out`. With
     `resume`, the run in `out` continues from its last checkpoint: its model, its data when `data` is None,
@@ -225,8 +231,9 @@ def train(model_name: str | None, data: str | Path | TrainData | None, out: str 
         model.model.to(device.device)
         model.device = device.device
     if data is None:
-        raise TrainError("No training data given.")
+        raise TrainError(f"{out}: the run does not record its data; pass --data." if resume else "No data given.")
     all_data = data if isinstance(data, TrainData) else load_data(data)
+    data_source = os.path.abspath(all_data.source)  # a resume may start from another directory
     train_data, val_data = split(all_data, config.held_out, config.seed)
     if all_data.classes is None and not train_data.has_captions:
         raise TrainError(f"{all_data.source}: no captions and no classes to train on.")
@@ -256,7 +263,11 @@ def train(model_name: str | None, data: str | Path | TrainData | None, out: str 
     skipped: list[str] = []
     if state is not None:
         restore_trainable(module, state["trainable"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError:  # other trainable parameters: saved by an earlier version of the trainer
+            raise TrainError(f"{out}: this run's saved optimizer does not match the parameters trained now (it was "
+                             "saved by an earlier version); start a new run in another --out folder.") from None
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, next_batch = state["step"], state["epoch"], state["next_batch"]
         history, validations = state["history"], state["validation"]
@@ -271,10 +282,11 @@ def train(model_name: str | None, data: str | Path | TrainData | None, out: str 
     def checkpoint(final_metrics=None):
         if not device.is_main:
             return
-        export_model(module if peft_model is None else None, model.directory, out,
-                     _run_info(config, str(model_name), all_data.source, step, total_steps, final_metrics), peft_model)
-        save_state(out, {"source": str(model_name), "data": all_data.source, "config": asdict(config), "trainable": trainable_state(module),
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+        run_info = _run_info(config, str(model_name), data_source, step, total_steps, final_metrics)
+        export_model(module if peft_model is None else None, model.directory, out, run_info, peft_model)
+        save_state(out, {"source": str(model_name), "data": data_source, "config": asdict(config),
+                         "trainable": trainable_state(module), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "step": step,
                          "epoch": epoch, "next_batch": next_batch, "history": history, "validation": validations,
                          "before": before.to_dict() if before else None, "bad_steps": bad_steps})
         crash_point("train.after_checkpoint")

@@ -93,11 +93,11 @@ MUTATIONS = [
              "if theirs.shape != ours.shape or float(theirs @ ours) < 0.995:", "if theirs.shape != ours.shape:",
              ("tests/test_distributed.py",)),
     Mutation("index: read-only opens keep serving the vectors of an older catalogue version", "engine/index/store.py",
-             'key = (str(self.path.resolve()), self.meta.get("created_at"), self.catalog.version,',
-             "key = (str(self.path.resolve()), 0, 0,",
+             'key = (path, self.meta.get("created_at"), version,', "key = (path, 0, 0,",
              ("tests/test_index.py",)),
     Mutation("lora: adapters on the encoder layers only (embeddings and heads frozen)", "engine/train/trainer.py",
-             'r"|embeddings\\.(patch_embedding|token_embedding|position_embedding)"', 'r"|unused_name"',
+             "target_modules=lora_targets(model.arch)",
+             'target_modules=r".*encoder\\.layers\\.\\d+\\.(self_attn\\.(q_proj|k_proj|v_proj|out_proj)|mlp\\.(fc1|fc2))"',
              ("tests/test_train_learning.py",)),
 ]
 
