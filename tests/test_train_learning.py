@@ -4,10 +4,11 @@ evaluated zero-shot on held-out images drawn with another seed. It starts near c
 learn; the loss must also fall on NaFlex inputs of mixed aspect ratios trained from multilingual captions.
 Figures are printed (pytest -s) for the README.
 
-The issue's goal is LEARNING_TARGET (90 %) top-1, asserted for both modes. Measured on 2 shared CPU cores,
-15 epochs (345 steps of 720 images) each: full fine-tuning reaches 100 %, LoRA 96 % (adapters on the
-encoder projections, the embeddings and the heads' linear layers; with the encoder projections alone it
-stayed at 61-67 %, because this random model's frozen embeddings are what it has to change)."""
+The issue's goal is LEARNING_TARGET (90 %) top-1, asserted for both modes. Measured on 2 shared CPU cores:
+full fine-tuning, 15 epochs (345 steps of 720 images), reaches 100 %; LoRA, 10 epochs (230 steps), 94 %
+with adapters on the encoder projections, the embeddings and the heads' linear layers, against 61 % with
+the encoder projections alone (given 15 epochs both reach 96-97 %, so 10 is where the test tells them
+apart)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from engine.train.evaluate import zero_shot
 from engine.train.trainer import TrainConfig, train
 from test_train_data import make_shapes
 
-LEARNING_TARGET = 0.90  # measured 1.00 (full) and 0.96 (LoRA), 345 steps each
+LEARNING_TARGET = 0.90  # measured 1.00 (full, 345 steps) and 0.94 (LoRA, 230 steps)
 TEMPLATES = ["a photo of a {}."]  # the user's own template, used for training captions and zero-shot prompts
 CHANCE = 1 / 12
 
@@ -48,7 +49,7 @@ def before(start_model, shapes):
     return zero_shot(load_model(str(start_model)), load_data(shapes["held_out"]["classes"]), templates=TEMPLATES)
 
 
-@pytest.mark.parametrize("mode,lr,epochs", [("full", 3e-3, 15), ("lora", 3e-3, 15)])
+@pytest.mark.parametrize("mode,lr,epochs", [("full", 3e-3, 15), ("lora", 3e-3, 10)])
 def test_fine_tuning_learns_the_shapes(tmp_path, shapes, start_model, before, mode, lr, epochs):
     torch.manual_seed(0)
     config = TrainConfig(mode=mode, epochs=epochs, batch_size=32, lr=lr, held_out=0.0, device="cpu",
