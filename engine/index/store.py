@@ -42,14 +42,15 @@ _READ_CACHE: OrderedDict[tuple, tuple[faiss.Index, int]] = OrderedDict()
 _READ_CACHE_SIZE = 4
 _read_cache_lock = threading.Lock()
 
+FINGERPRINT_TEXT = "siglip 2 studio index fingerprint"
+LEGACY_PRECISION = "fp32"  # indexes written before precisions were recorded were all built in fp32
+
 
 def forget_loaded_indexes() -> None:
     """Drop the FAISS indexes shared by read-only opens: the next open reads the files again (as a newly
     started process would), e.g. after index files were replaced by hand."""
     with _read_cache_lock:
         _READ_CACHE.clear()
-FINGERPRINT_TEXT = "siglip 2 studio index fingerprint"
-LEGACY_PRECISION = "fp32"  # indexes written before precisions were recorded were all built in fp32
 
 
 def default_index_dir() -> Path:
