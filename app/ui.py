@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import gradio as gr
 
 from . import tab_explore, tab_inside, tab_label, tab_models, tab_search, tab_train
+from .common import THUMBNAILS
 from .studio import Studio
 
 # Gallery captions are two short lines (name; scores): keep the line break and show them whole.
@@ -17,7 +20,20 @@ INTRO = ("# SigLIP 2 Studio\nZero-shot labelling, multilingual image search, an 
          "inside Google's SigLIP 2 encoders. Probabilities are SigLIP's sigmoid scores: independent per label.")
 
 
+def _quiet_request_bookkeeping() -> None:
+    # After every request Gradio rebuilds a pandas summary of the last 10,000 events for its monitoring page,
+    # on the event loop that serves every user: a cost that grows with the server's age. Every 100 events,
+    # over the last 1,000, is plenty. Read when the queue is made; a deployment's own settings win.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
+
+
 def build_app(studio: Studio) -> gr.Blocks:
+    _quiet_request_bookkeeping()
+    # Result thumbnails are served from where they are written (atomically, under unguessable names) instead
+    # of being hashed and copied into Gradio's cache for every result shown: most of a search's server time.
+    THUMBNAILS.mkdir(parents=True, exist_ok=True)
+    gr.set_static_paths([THUMBNAILS])
     with gr.Blocks(title="SigLIP 2 Studio") as demo:
         gr.Markdown(INTRO)
         banner_box = tab_models.banner(studio)

@@ -8,7 +8,7 @@ Timings on a shared machine are noisy, so the variants run interleaved, round af
 reports its median round. Generated (random-weight) checkpoints: real checkpoints, whose activations have
 outliers, need their own parity check (`--model DIR_OR_HUB_ID`).
 
-    python bench/encode.py [--images 24] [--rounds 2] [--batch 8] [--arch naflex] [--compile]
+    python bench/encode.py [--images 24] [--rounds 2] [--batch 8] [--arch naflex] [--compile] [--int8-kernels]
     python bench/encode.py --device cuda --dtype bf16 [--images 2048] [--batch 0 = sized to the device] [--compile]
     python bench/encode.py --build-only            (JPEG files → index against the model alone, int8 and fp32)
 """
@@ -98,6 +98,8 @@ def cpu_comparison(args, arch: str) -> None:
           f"(640×480 to 1600×1200), batch {batch}, {args.rounds} interleaved rounds, median round:")
 
     engines = {"engine fp32": fp32, "engine int8": int8}
+    if args.int8_kernels:
+        engines["engine int8, fbgemm kernels"] = int8_packed_for(source, args.max_patches, "fbgemm")
     if args.compile:
         engines["engine fp32 + torch.compile"] = compiled_copy(fp32)
         engines["engine int8 + torch.compile"] = compiled_copy(int8)
@@ -142,6 +144,17 @@ def cpu_comparison(args, arch: str) -> None:
               f"{cosine_to(texts['engine fp32'][1], vectors)}")
     for name in ("engine int8", "engine fp32"):
         build_against_model(engines[name], name, paths, batch)
+
+
+def int8_packed_for(source: str, max_patches: int | None, kernels: str):
+    """The int8 model with its weights packed for another quantized engine than the engine's choice."""
+    import dataclasses
+
+    from engine import load_model
+    from engine.model.quantize import INT8, quantize_int8
+
+    model = load_model(source, device="cpu", dtype="fp32", max_num_patches=max_patches)
+    return dataclasses.replace(model, model=quantize_int8(model.model, kernels=kernels), quantization=INT8)
 
 
 def build_comparison(args, arch: str) -> None:
@@ -251,6 +264,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="GPU only: bf16 (default) or fp16")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile on the vision tower")
+    parser.add_argument("--int8-kernels", action="store_true", help="also int8 on fbgemm's kernels (torch's default)")
     parser.add_argument("--build-only", action="store_true", help="CPU: only JPEG files → index against model only")
     parser.add_argument("--throughput", action="store_true", help="the GPU mode's measurement on any device")
     args = parser.parse_args()

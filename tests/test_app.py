@@ -196,11 +196,38 @@ def test_app_starts_without_a_model(tmp_path):
     assert "starting without a model" in host.output()
 
 
+def test_result_thumbnails_are_served_from_their_folder(app, photo_root):
+    """Thumbnails go out from where they were written whole (not hashed and copied into Gradio's cache for
+    every result shown), and open as images."""
+    import io
+    import urllib.request
+
+    from PIL import Image
+
+    from app.common import THUMBNAILS
+
+    light = Client(app.url, verbose=False, download_files=False)
+    light.predict("thumbs", None, str(photo_root / "photos"), api_name="/build_index")
+    gallery, _ = light.predict("thumbs", "a dog", 3, -1, "", api_name="/search_text")
+    assert len(gallery) == 3
+    for item in gallery:
+        served = Path(item["image"]["path"])
+        assert served.parent == THUMBNAILS.resolve(), served
+        with urllib.request.urlopen(item["image"]["url"], timeout=10) as response:
+            assert Image.open(io.BytesIO(response.read())).size[0] <= 256
+
+
 def test_never_serves_files_outside_its_folders(app):
     import urllib.error
     import urllib.request
 
-    for path in ("/etc/passwd", str(Path(__file__).resolve())):
+    from app.common import THUMBNAILS
+
+    THUMBNAILS.mkdir(parents=True, exist_ok=True)
+    escape = THUMBNAILS / "escape.jpg"
+    escape.unlink(missing_ok=True)
+    escape.symlink_to("/etc/passwd")
+    for path in ("/etc/passwd", str(Path(__file__).resolve()), f"{THUMBNAILS}/../../etc/passwd", str(escape)):
         for route in ("gradio_api/file=", "file="):
             with pytest.raises(urllib.error.HTTPError) as caught:
                 urllib.request.urlopen(app.url + route + path, timeout=10)
@@ -253,3 +280,19 @@ def test_cancelled_build_keeps_what_it_stored(naflex_model, tmp_path):
     assert not studio.running_jobs  # the model is free again
     summary = build_cancellably(studio, "trip", tmp_path / "photos", lambda done, total: None)
     assert summary.encoded == 40 - stored and summary.images == 40
+
+
+@pytest.mark.parametrize("deployment", [None, "7"])
+def test_request_bookkeeping_is_not_redone_per_request(monkeypatch, tmp_path, deployment):
+    """Gradio's monitoring summary (a pandas frame of past events, rebuilt on the serving event loop) is
+    refreshed every 100 events over the last 1,000, not after each over 10,000; a deployment's value wins."""
+    from app.studio import Studio
+    from app.ui import build_app
+
+    for name in ("GRADIO_ANALYTICS_CACHE_FREQUENCY", "GRADIO_ANALYTICS_MAX_EVENTS"):
+        monkeypatch.setenv(name, deployment or "")  # recorded, so that the test leaves the environment as it was
+        if deployment is None:
+            monkeypatch.delenv(name)
+    queue = build_app(Studio(index_dir=tmp_path, allowed_roots=[tmp_path]))._queue
+    expected = (7, 7) if deployment else (100, 1000)
+    assert (queue.ANAYLTICS_CACHE_FREQUENCY, queue.ANALYTICS_MAX_EVENTS) == expected
