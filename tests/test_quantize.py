@@ -54,6 +54,9 @@ def test_only_the_encoders_are_quantized(model_pair):
             text.head, vision.post_layernorm, text.final_layer_norm]
     assert all(not quantized_linears(module) for module in kept)
     assert type(text.head) is torch.nn.Linear and type(vision.head.mlp.fc1) is torch.nn.Linear
+    # the encoders' GELU in its exact form (faster on the CPU); the vision head's MLP keeps the checkpoint's
+    activations = {type(layer.mlp.activation_fn) for e in encoders for layer in e.layers}
+    assert activations == {torch.nn.GELU} and type(vision.head.mlp.activation_fn) is not torch.nn.GELU
     # the same weights, stored smaller: counted, not lost
     assert int8.num_parameters == exact.num_parameters
     assert int8.memory_bytes < 0.75 * exact.memory_bytes

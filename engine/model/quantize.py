@@ -8,6 +8,10 @@ stays exact, and why:
 - the attention-pooling head of the image tower and the linear head of the text tower: they write the
   embedding itself, so any error there lands directly in the cosine, and they are a few % of the work;
 - LayerNorms, softmax and attention itself (SDPA in fp32).
+One thing changes besides: the encoders' GELU is computed in its exact (erf) form instead of the tanh
+approximation the checkpoints were trained with. The two differ by at most 5e-4 per activation, far below one
+int8 step, and torch's tanh kernel costs about 3× the erf one here (6 % of an int8 image encode, cosine to
+fp32 unchanged at 5 digits).
 
 Dynamic quantization ships with torch (`torch.ao.quantization.quantize_dynamic`; torch marks it as
 deprecated in favour of torchao, which is not a dependency here) and runs on CPU kernels only. The weights
@@ -50,6 +54,14 @@ def _dynamic_linear_type() -> type:
     return Linear
 
 
+def _exact_gelu(encoder: torch.nn.Module) -> None:
+    from transformers.activations import GELUTanh
+
+    for module in encoder.modules():
+        if isinstance(getattr(module, "activation_fn", None), GELUTanh):
+            module.activation_fn = torch.nn.GELU()
+
+
 def quantize_int8(model: torch.nn.Module, kernels: str | None = None) -> torch.nn.Module:
     """Quantize `model`'s two encoders in place (fp32, on CPU, in eval mode) for `kernels` (a quantized
     engine; default `int8_kernels()`); returns the model."""
@@ -64,6 +76,7 @@ def quantize_int8(model: torch.nn.Module, kernels: str | None = None) -> torch.n
             quantized = quantize_dynamic(getattr(tower, part_name), {torch.nn.Linear: per_channel_dynamic_qconfig},
                                          dtype=torch.qint8, inplace=True)
             setattr(tower, part_name, quantized)
+            _exact_gelu(quantized)
     return model
 
 
