@@ -24,16 +24,18 @@ def checkpoint(arch: str, size: str) -> Path:
 
 
 def photos(count: int, folder: Path | None = None, seed: int = 0) -> list[Path]:
-    """JPEG files of camera-like sizes (640×480 to 1600×1200, both orientations)."""
-    folder = folder or OUT / "photos"
+    """Distinct JPEG files of camera-like sizes (640×480 to 1600×1200, both orientations)."""
+    # each file seeded by its own number: files made by an earlier, shorter call must not repeat (an index
+    # build stores repeated content once, and would skip the work being measured)
+    folder = folder or OUT / "camera-photos"
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     sizes = [(480, 640), (640, 480), (900, 1600), (1200, 1600), (768, 1024)]
     paths = []
     for i in range(count):
         path = folder / f"photo_{i:05d}.jpg"
         if not path.exists():
             height, width = sizes[i % len(sizes)]
+            rng = np.random.default_rng([seed, i])
             small = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
             Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC).save(path, quality=90)
         paths.append(path)
