@@ -99,6 +99,12 @@ MUTATIONS = [
              "target_modules=lora_targets(model.arch)",
              'target_modules=r".*encoder\\.layers\\.\\d+\\.(self_attn\\.(q_proj|k_proj|v_proj|out_proj)|mlp\\.(fc1|fc2))"',
              ("tests/test_train_learning.py",)),
+    Mutation("app: result thumbnails copied into Gradio's cache per result again", "app/ui.py",
+             "gr.set_static_paths([THUMBNAILS])", "pass", ("tests/test_app.py",)),
+    Mutation("app: Gradio's monitoring summary rebuilt after every request", "app/ui.py",
+             "    _quiet_request_bookkeeping()\n", "", ("tests/test_app.py",)),
+    Mutation("int8: the tanh GELU kept in the encoders", "engine/model/quantize.py",
+             "            _exact_gelu(quantized)\n", "", ("tests/test_quantize.py",)),
 ]
 
 
