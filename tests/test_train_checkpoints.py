@@ -101,6 +101,8 @@ def test_resume_continues_the_same_loss_curve(tmp_path, shapes, small_fixed):
     assert first.stopped and first.steps == 3
     with pytest.raises(TrainError, match="--resume"):
         train(str(small_fixed), shapes["classes"], tmp_path / "b", quick(epochs=2))
+    with pytest.raises(TrainError, match="keeps its schedule.*not lr"):
+        train(None, None, tmp_path / "b", resume=True, runtime={"lr": 1.0, "device": "cpu"})
     resumed = train(str(small_fixed), shapes["classes"], tmp_path / "b", quick(epochs=2, checkpoint_every=1), resume=True)
     assert [h["step"] for h in resumed.history] == list(range(1, straight.steps + 1))
     np.testing.assert_allclose([h["loss"] for h in resumed.history], [h["loss"] for h in straight.history], rtol=1e-4)

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
-from pathlib import Path
 
 from ..errors import TrainError
 from ..model.loading import load_model
-from ..train.checkpoints import load_state
 from ..train.data import load_data
 from ..train.evaluate import comparison_table, evaluate
-from ..train.trainer import LOSSES, MODES, TrainConfig, saved_config, train
+from ..train.trainer import LOSSES, MODES, TrainConfig, train
 from .common import UNTRAINED_NOTE, progress_bar, warn, warn_all
 
 
@@ -53,12 +50,10 @@ def cmd_train(args) -> int:
 
     if not args.resume and not (args.model and args.data):
         raise TrainError("--model and --data are needed to start a run (or pass --resume to continue one).")
-    if args.resume:  # the run's own settings (a changed schedule would not continue its curve); where it runs is new
-        state = load_state(Path(args.out).expanduser())
-        if state is None:
-            raise TrainError(f"{args.out}: nothing to resume (no training state); run without --resume to start.")
-        config = replace(saved_config(state), device=args.device, bf16=not args.no_bf16, max_steps=args.max_steps)
-    result = train(args.model, args.data, args.out, config, resume=args.resume, on_event=on_event)
+    # a resumed run keeps its own settings; where and how far it runs is given anew
+    runtime = {"device": args.device, "bf16": not args.no_bf16, "max_steps": args.max_steps} if args.resume else None
+    result = train(args.model, args.data, args.out, None if args.resume else config, resume=args.resume,
+                   on_event=on_event, runtime=runtime)
     if bar is not None:
         bar.close()
     if result.skipped_images:

@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -197,18 +197,27 @@ def _run_info(config: TrainConfig, source: str, data: str, step: int, total: int
             "config": {k: v for k, v in asdict(config).items() if k != "templates"}, "validation": metrics}
 
 
+# what a resumed run may change: where and how far it runs, not its schedule (which would not continue its curve)
+RUNTIME_FIELDS = ("device", "bf16", "max_steps")
+
+
 def train(model_name: str | None, data: str | Path | TrainData | None, out: str | Path,
           config: TrainConfig | None = None, resume: bool = False, on_event: Callable[[TrainEvent], None] | None = None,
-          should_stop: Callable[[], bool] | None = None) -> TrainResult:
+          should_stop: Callable[[], bool] | None = None, runtime: dict | None = None) -> TrainResult:
     """Fine-tune `model_name` on `data`, writing a loadable checkpoint (and resumable state) to `out`. With
     `resume`, the run in `out` continues from its last checkpoint: its model, its data when `data` is None,
-    its settings when `config` is None."""
+    its settings when `config` is None, with `runtime` ({field: value} of RUNTIME_FIELDS) replacing those."""
     out = Path(out).expanduser()
     state = load_state(out) if resume else None
     if resume and state is None:
         raise TrainError(f"{out}: nothing to resume (no training state); run without --resume to start.")
     if config is None:
         config = saved_config(state) if state is not None else TrainConfig()
+    if runtime:
+        if unknown := set(runtime) - set(RUNTIME_FIELDS):
+            raise TrainError(f"A resumed run keeps its schedule; only {', '.join(RUNTIME_FIELDS)} can change, "
+                             f"not {', '.join(sorted(unknown))}.")
+        config = replace(config, **runtime)
     if config.mode not in MODES:
         raise TrainError(f"Unknown mode {config.mode!r}: use one of {', '.join(MODES)}.")
     if config.loss not in LOSSES:
