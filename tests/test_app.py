@@ -227,11 +227,14 @@ def test_never_serves_files_outside_its_folders(app):
     escape = THUMBNAILS / "escape.jpg"
     escape.unlink(missing_ok=True)
     escape.symlink_to("/etc/passwd")
-    for path in ("/etc/passwd", str(Path(__file__).resolve()), f"{THUMBNAILS}/../../etc/passwd", str(escape)):
-        for route in ("gradio_api/file=", "file="):
-            with pytest.raises(urllib.error.HTTPError) as caught:
-                urllib.request.urlopen(app.url + route + path, timeout=10)
-            assert caught.value.code in (403, 404)
+    try:
+        for path in ("/etc/passwd", str(Path(__file__).resolve()), f"{THUMBNAILS}/../../etc/passwd", str(escape)):
+            for route in ("gradio_api/file=", "file="):
+                with pytest.raises(urllib.error.HTTPError) as caught:
+                    urllib.request.urlopen(app.url + route + path, timeout=10)
+                assert caught.value.code in (403, 404)
+    finally:
+        escape.unlink()
 
 
 def test_model_switch_during_a_job_is_refused(tmp_path, naflex_dir):

@@ -27,7 +27,8 @@ def _templates(args) -> list[str] | None:
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    config = TrainConfig(
+    # a resumed run keeps its own settings; where and how far it runs is given anew (runtime, below)
+    config = None if args.resume else TrainConfig(
         mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, accumulate=args.accumulate,
         loss=args.loss, chunk_size=args.chunk_size, lora_rank=args.lora_rank, held_out=args.held_out,
         seed=args.seed, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
@@ -50,10 +51,8 @@ def cmd_train(args) -> int:
 
     if not args.resume and not (args.model and args.data):
         raise TrainError("--model and --data are needed to start a run (or pass --resume to continue one).")
-    # a resumed run keeps its own settings; where and how far it runs is given anew
     runtime = {"device": args.device, "bf16": not args.no_bf16, "max_steps": args.max_steps} if args.resume else None
-    result = train(args.model, args.data, args.out, None if args.resume else config, resume=args.resume,
-                   on_event=on_event, runtime=runtime)
+    result = train(args.model, args.data, args.out, config, resume=args.resume, on_event=on_event, runtime=runtime)
     if bar is not None:
         bar.close()
     if result.skipped_images:

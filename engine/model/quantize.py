@@ -15,8 +15,9 @@ fp32 unchanged at 5 digits).
 
 Dynamic quantization ships with torch (`torch.ao.quantization.quantize_dynamic`; torch marks it as
 deprecated in favour of torchao, which is not a dependency here) and runs on CPU kernels only. The weights
-are packed for oneDNN where this torch has it: its int8 matmuls ran 1.1–1.2× fbgemm's (torch's default)
-at the same cosine on an AVX2 CPU (`python bench/encode.py --int8-kernels`).
+are packed for oneDNN where this torch has it: on an AVX2 CPU its single int8 matmuls ran about 1.2× fbgemm's
+(torch's default), whole encodes 1.00–1.14× for images and 1.10–1.28× for texts in three runs, at the same
+cosine (`python bench/encode.py --int8-kernels`).
 """
 
 from __future__ import annotations
