@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import gradio as gr
 
-from . import tab_explore, tab_inside, tab_label, tab_models, tab_search, tab_train
+from . import serving, tab_explore, tab_inside, tab_label, tab_models, tab_search, tab_train
 from .common import THUMBNAILS
 from .studio import Studio
 
@@ -20,16 +18,9 @@ INTRO = ("# SigLIP 2 Studio\nZero-shot labelling, multilingual image search, an 
          "inside Google's SigLIP 2 encoders. Probabilities are SigLIP's sigmoid scores: independent per label.")
 
 
-def _quiet_request_bookkeeping() -> None:
-    # After every request Gradio rebuilds a pandas summary of the last 10,000 events for its monitoring page,
-    # on the event loop that serves every user: a cost that grows with the server's age. Every 100 events,
-    # over the last 1,000, is plenty. Read when the queue is made; a deployment's own settings win.
-    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
-    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
-
-
 def build_app(studio: Studio) -> gr.Blocks:
-    _quiet_request_bookkeeping()
+    serving.quiet_request_bookkeeping()
+    serving.describe_components_lazily()
     # Result thumbnails are served from where they are written (atomically, under unguessable names) instead
     # of being hashed and copied into Gradio's cache for every result shown (28 % of a loaded search server's
     # time holding the GIL, py-spy).

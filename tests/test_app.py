@@ -299,3 +299,24 @@ def test_request_bookkeeping_is_not_redone_per_request(monkeypatch, tmp_path, de
     queue = build_app(Studio(index_dir=tmp_path, allowed_roots=[tmp_path]))._queue
     expected = (7, 7) if deployment else (100, 1000)
     assert (queue.ANAYLTICS_CACHE_FREQUENCY, queue.ANALYTICS_MAX_EVENTS) == expected
+
+
+def test_a_new_visitor_does_not_describe_every_component(tmp_path):
+    """Gradio described all ~200 components (20 ms on the serving event loop) for each new session; here a
+    session describes what it changes, and the deep-link route still gets every component."""
+    import gradio as gr
+    from gradio.state_holder import StateHolder
+
+    from app.studio import Studio
+    from app.ui import build_app
+
+    demo = build_app(Studio(index_dir=tmp_path, allowed_roots=[tmp_path]))
+    holder = StateHolder()
+    holder.set_blocks(demo)
+    session = holder["a-new-visitor"]
+    assert session.config_values == {}
+    textbox = next(block for block in demo.blocks.values() if isinstance(block, gr.Textbox))
+    session[textbox._id] = textbox  # what a request that updates the textbox does
+    assert list(session.config_values) == [textbox._id]
+    described = {config["id"] for config in session.components}
+    assert described == set(demo.blocks) and len(described) > 100

@@ -102,7 +102,9 @@ MUTATIONS = [
     Mutation("app: result thumbnails copied into Gradio's cache per result again", "app/ui.py",
              "gr.set_static_paths([THUMBNAILS])", "pass", ("tests/test_app.py",)),
     Mutation("app: Gradio's monitoring summary rebuilt after every request", "app/ui.py",
-             "    _quiet_request_bookkeeping()\n", "", ("tests/test_app.py",)),
+             "    serving.quiet_request_bookkeeping()\n", "", ("tests/test_app.py",)),
+    Mutation("app: every component described for each new visitor again", "app/ui.py",
+             "    serving.describe_components_lazily()\n", "", ("tests/test_app.py",)),
     Mutation("int8: the tanh GELU kept in the encoders", "engine/model/quantize.py",
              "            _exact_gelu(quantized)\n", "", ("tests/test_quantize.py",)),
 ]
