@@ -2,8 +2,12 @@
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +95,16 @@ def test_generator_is_deterministic_and_hub_shaped(tmp_path):
 
     assert type(AutoModel.from_pretrained(str(first))).__name__ == "SiglipModel"
     AutoProcessor.from_pretrained(str(first))  # transformers reads the layout as it is
+
+
+@pytest.mark.parametrize("arch", ["fixed", "naflex"])
+def test_loading_prints_no_warning_about_transformers_own_defaults(arch, fixed_dir, naflex_dir):
+    """transformers checks its default SiglipTextConfig (vocabulary 32000, bos 49406) whenever it prints a
+    config while loading, and warns of "unexpected behavior": nothing about the checkpoint, so not shown.
+    In a fresh interpreter: the warning is printed once per process."""
+    directory = fixed_dir if arch == "fixed" else naflex_dir
+    script = f"from engine import load_model; load_model({str(directory)!r})"
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert "Model config:" not in loaded.stderr and "token_id must be" not in loaded.stderr, loaded.stderr[-2000:]

@@ -25,6 +25,20 @@ from .text import TextTokenizer
 
 log = logging.getLogger(__name__)
 
+
+class _DefaultTextConfigNoise(logging.Filter):
+    """Drops transformers' warning about its own default SiglipTextConfig (vocabulary 32000, bos/eos ids
+    49406/49407), which it builds and checks each time it prints a SigLIP config while loading one: it says
+    nothing about the checkpoint being loaded, yet reads as if it did ("may result in unexpected behavior")."""
+
+    DEFAULTS_MESSAGE = "within the vocabulary (between 0 and 31999), got 4940"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.DEFAULTS_MESSAGE not in record.getMessage()
+
+
+logging.getLogger("transformers.configuration_utils").addFilter(_DefaultTextConfigNoise())
+
 TEST_MODEL_MARKER = "studio_test_model.json"  # written by engine.testmodel: random weights
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "tokenizer.model"]
 HUB_PROBE_SECONDS = 4.0

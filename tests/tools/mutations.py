@@ -105,6 +105,9 @@ MUTATIONS = [
              "    serving.quiet_request_bookkeeping()\n", "", ("tests/test_app.py",)),
     Mutation("app: every component described for each new visitor again", "app/ui.py",
              "    serving.describe_components_lazily()\n", "", ("tests/test_app.py",)),
+    Mutation("loading: transformers' warning about its own default config shown again", "engine/model/loading.py",
+             'logging.getLogger("transformers.configuration_utils").addFilter(_DefaultTextConfigNoise())', "",
+             ("tests/test_models.py",)),
     Mutation("int8: the tanh GELU kept in the encoders", "engine/model/quantize.py",
              "            _exact_gelu(quantized)\n", "", ("tests/test_quantize.py",)),
 ]
