@@ -3,7 +3,9 @@ chart of loss and validation accuracy, cancel, the before/after report and "load
 
 from __future__ import annotations
 
+import hashlib
 import queue
+import shutil
 import tempfile
 import threading
 import time
@@ -25,6 +27,7 @@ from .studio import Studio
 
 DEVICES = ["auto", "cpu", "cuda", "xla", "mps"]
 MODES = ["lora", "probe", "full"]
+TRAINING_DATA = "training-data"  # uploaded zips, unpacked beside the index folder
 
 
 def loss_figure(history: list[dict], validation: list[dict]) -> go.Figure:
@@ -46,27 +49,56 @@ def loss_figure(history: list[dict], validation: list[dict]) -> go.Figure:
 def resolve_data(studio: Studio, folder: str, upload) -> Path:
     """A server folder/file within the allowed roots, or an uploaded zip (class folders) unpacked."""
     if upload:
-        path = Path(getattr(upload, "name", upload))
-        if path.suffix.lower() != ".zip":
-            raise StudioError("Upload a .zip holding one folder per class (or a captions.csv/.jsonl with its images).")
-        target = Path(tempfile.mkdtemp(prefix="studio-train-"))
-        with zipfile.ZipFile(path) as archive:
-            for member in archive.namelist():
-                if member.startswith("/") or ".." in Path(member).parts:
-                    raise StudioError(f"{path.name}: unsafe path {member!r} in the zip.")
-            archive.extractall(target)
-        captions = [p for p in target.rglob("*") if p.suffix.lower() in (".csv", ".jsonl", ".tsv")]
-        entries = [p for p in target.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-        if captions:
-            return captions[0]
-        if len(entries) == 1 and entries[0].is_dir() and _has_subfolders(entries[0]):
-            return entries[0]  # the zip held one top folder around the class folders
-        return target
+        return _unpacked_upload(studio, Path(getattr(upload, "name", upload)))
     text = (folder or "").strip()
     resolved = studio.readable.resolve(text) if text else None  # None outside the allowed roots
     if resolved is not None and resolved.is_file():  # a caption file
         return resolved
     return studio.check_folder(text)
+
+
+def training_data_dir(studio: Studio) -> Path:
+    """Where uploaded training zips are unpacked: beside the runs that use them, so a run can be resumed after
+    a restart (the system's temporary folder may be emptied by then)."""
+    return studio.index_dir.parent / TRAINING_DATA
+
+
+def _unpacked_upload(studio: Studio, path: Path) -> Path:
+    """The data inside an uploaded zip, unpacked once per content (the same zip again reuses its folder)."""
+    if path.suffix.lower() != ".zip":
+        raise StudioError("Upload a .zip holding one folder per class (or a captions.csv/.jsonl with its images).")
+    with path.open("rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()[:16]
+    target = training_data_dir(studio) / f"{path.stem}-{digest}"
+    if not target.exists():
+        _unpack(path, target)
+    captions = [p for p in target.rglob("*") if p.suffix.lower() in (".csv", ".jsonl", ".tsv")]
+    entries = [p for p in target.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    if captions:
+        return captions[0]
+    if len(entries) == 1 and entries[0].is_dir() and _has_subfolders(entries[0]):
+        return entries[0]  # the zip held one top folder around the class folders
+    return target
+
+
+def _unpack(path: Path, target: Path) -> None:
+    """Unpack whole or not at all: a crash mid-way leaves only a hidden .unpacking-* folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    unpacking = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=target.parent))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if member.startswith("/") or ".." in Path(member).parts:
+                    raise StudioError(f"{path.name}: unsafe path {member!r} in the zip.")
+            archive.extractall(unpacking)
+        unpacking.rename(target)
+    except zipfile.BadZipFile:
+        raise StudioError(f"{path.name}: not a readable zip file.") from None
+    except OSError:
+        if not target.exists():  # else another request unpacked the same zip first: use that
+            raise
+    finally:
+        shutil.rmtree(unpacking, ignore_errors=True)
 
 
 def _has_subfolders(path: Path) -> bool:
@@ -79,8 +111,17 @@ def finetuned_dir(studio: Studio) -> Path:
 
 def run_choices(studio: Studio) -> list[tuple[str, str]]:
     """(label, folder) of the interrupted runs the app wrote, newest first."""
-    return [(f"{run.out.name} · step {run.step}/{run.total_steps} · {run.mode}", str(run.out))
-            for run in resumable_runs(finetuned_dir(studio))]
+    return [(f"{run.out.name} · step {run.step}/{run.total_steps} · {run.mode} · data {_data_name(run.data)}",
+             str(run.out)) for run in resumable_runs(finetuned_dir(studio))]
+
+
+def _data_name(data: str) -> str:
+    """The run's data as a user knows it (an upload by its zip's name), or that it is gone."""
+    path = Path(data)
+    if not path.exists():
+        return f"{path.name} (missing: cannot resume)"
+    inside_upload = next((p for p in (path, *path.parents) if p.parent.name == TRAINING_DATA), None)
+    return f"{inside_upload.name.rsplit('-', 1)[0]}.zip" if inside_upload else path.name
 
 
 def fine_tune(studio: Studio, folder: str, upload, mode: str, epochs: float, batch_size: int, lr: float,

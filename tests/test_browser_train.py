@@ -38,7 +38,8 @@ def test_fine_tune_cancel_resume_and_load_in_a_browser(browser, tmp_path):
         runs.click()
         option = page.get_by_role("option").filter(has_text="· full").first
         option.wait_for(timeout=30_000)
-        assert "step " in option.inner_text()
+        assert "step " in option.inner_text() and option.inner_text().endswith("· data classes")
+        page.screenshot(path=str(SHOTS / "train-interrupted-runs.png"), full_page=True)
         option.click()
         page.get_by_role("button", name="Resume").click()
         page.get_by_text("Done:", exact=False).wait_for(timeout=300_000)

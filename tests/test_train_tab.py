@@ -3,7 +3,10 @@ while it runs, honours cancel, reports before/after and loads the checkpoint it 
 
 from __future__ import annotations
 
+import shutil
 import threading
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +71,33 @@ def test_cancel_stops_early_resumes_and_bad_folder_is_refused(studio, tmp_path):
         list(resume_fine_tune(studio, "/etc", threading.Event()))
     with pytest.raises(StudioError, match="outside the folders"):
         list(fine_tune(studio, "/etc", None, "full", 1, 8, 0, "cpu", threading.Event()))
+
+
+def test_an_uploaded_zip_is_kept_beside_the_runs(studio, tmp_path):
+    """An uploaded zip is unpacked beside the runs (the system's temporary folder may be emptied before a
+    resume), once per content; an interrupted run names the zip, and says so when its data is gone."""
+    from app.tab_train import fine_tune, resolve_data, run_choices, training_data_dir
+
+    studio, data = studio
+    upload = tmp_path / "upload" / "my shapes.zip"
+    upload.parent.mkdir()
+    with zipfile.ZipFile(upload, "w") as archive:
+        for file in data["classes"].rglob("*"):
+            archive.write(file, Path("shapes") / file.relative_to(data["classes"]))
+    cancel = threading.Event()
+    cancel.set()
+    *_, last = fine_tune(studio, "", str(upload), "full", 5, 8, 1e-3, "cpu", cancel)
+    assert "Cancelled" in last[1]
+    [unpacked] = training_data_dir(studio).iterdir()
+    assert unpacked.name.startswith("my shapes-") and training_data_dir(studio).parent == studio.index_dir.parent
+    [(label, _)] = run_choices(studio)
+    assert label.endswith("· data my shapes.zip")
+    assert resolve_data(studio, "", str(upload)) == unpacked / "shapes"  # the same zip again: the same folder
+    assert list(training_data_dir(studio).iterdir()) == [unpacked]
+    shutil.rmtree(unpacked)
+    [(label, _)] = run_choices(studio)
+    assert label.endswith("(missing: cannot resume)")
+    with pytest.raises(StudioError, match="not a readable zip"):
+        broken = upload.with_name("broken.zip")
+        broken.write_bytes(b"PK, but not a zip")
+        resolve_data(studio, "", str(broken))

@@ -108,6 +108,10 @@ MUTATIONS = [
     Mutation("loading: transformers' warning about its own default config shown again", "engine/model/loading.py",
              'logging.getLogger("transformers.configuration_utils").addFilter(_DefaultTextConfigNoise())', "",
              ("tests/test_models.py",)),
+    Mutation("fine-tune: an uploaded zip unpacked in the system's temporary folder", "app/tab_train.py",
+             'target = training_data_dir(studio) / f"{path.stem}-{digest}"',
+             'target = Path(tempfile.mkdtemp(prefix="studio-train-")) / f"{path.stem}-{digest}"',
+             ("tests/test_train_tab.py",)),
     Mutation("int8: the tanh GELU kept in the encoders", "engine/model/quantize.py",
              "            _exact_gelu(quantized)\n", "", ("tests/test_quantize.py",)),
 ]
