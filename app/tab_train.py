@@ -27,7 +27,6 @@ from .studio import Studio
 
 DEVICES = ["auto", "cpu", "cuda", "xla", "mps"]
 MODES = ["lora", "probe", "full"]
-TRAINING_DATA = "training-data"  # uploaded zips, unpacked beside the index folder
 
 
 def loss_figure(history: list[dict], validation: list[dict]) -> go.Figure:
@@ -60,7 +59,7 @@ def resolve_data(studio: Studio, folder: str, upload) -> Path:
 def training_data_dir(studio: Studio) -> Path:
     """Where uploaded training zips are unpacked: beside the runs that use them, so a run can be resumed after
     a restart (the system's temporary folder may be emptied by then)."""
-    return studio.index_dir.parent / TRAINING_DATA
+    return studio.index_dir.parent / "training-data"
 
 
 def _unpacked_upload(studio: Studio, path: Path) -> Path:
@@ -111,16 +110,18 @@ def finetuned_dir(studio: Studio) -> Path:
 
 def run_choices(studio: Studio) -> list[tuple[str, str]]:
     """(label, folder) of the interrupted runs the app wrote, newest first."""
-    return [(f"{run.out.name} · step {run.step}/{run.total_steps} · {run.mode} · data {_data_name(run.data)}",
-             str(run.out)) for run in resumable_runs(finetuned_dir(studio))]
+    return [(f"{run.out.name} · step {run.step}/{run.total_steps} · {run.mode} · data "
+             f"{_data_name(studio, run.data)}", str(run.out)) for run in resumable_runs(finetuned_dir(studio))]
 
 
-def _data_name(data: str) -> str:
+def _data_name(studio: Studio, data: str) -> str:
     """The run's data as a user knows it (an upload by its zip's name), or that it is gone."""
     path = Path(data)
     if not path.exists():
         return f"{path.name} (missing: cannot resume)"
-    inside_upload = next((p for p in (path, *path.parents) if p.parent.name == TRAINING_DATA), None)
+    uploads = training_data_dir(studio).resolve()
+    path = path.resolve()
+    inside_upload = next((p for p in (path, *path.parents) if p.parent == uploads), None)
     return f"{inside_upload.name.rsplit('-', 1)[0]}.zip" if inside_upload else path.name
 
 
