@@ -13,32 +13,57 @@ from PIL import Image
 OUT = Path(__file__).resolve().parent / "out"
 
 
+# the released checkpoint each generated fixed-resolution size stands for (NaFlex ones: 256 patches of 16)
+RELEASED_SHAPES = {"base": dict(image_size=224, patch_size=16),  # siglip2-base-patch16-224
+                   "large": dict(image_size=256, patch_size=16),  # siglip2-large-patch16-256
+                   "so400m": dict(image_size=224, patch_size=14)}  # siglip2-so400m-patch14-224
+
+
 def checkpoint(arch: str, size: str) -> Path:
-    """A generated (random-weight) checkpoint, made once and kept in bench/out/."""
+    """A generated (random-weight) checkpoint, made once and kept in bench/out/ (drawn on the GPU if any)."""
+    import torch
+
     from engine.model.testmodel import make_test_model
 
     directory = OUT / f"{size}-{arch}"
     if not (directory / "model.safetensors").exists():
-        make_test_model(directory, arch=arch, size=size, seed=0)
+        shape = RELEASED_SHAPES.get(size, {}) if arch == "fixed" else {}
+        try:
+            make_test_model(directory, arch=arch, size=size, seed=0,
+                            device="cuda" if torch.cuda.is_available() else "cpu", **shape)
+        except RuntimeError as error:  # e.g. a GPU too small for So400m's two towers in fp32: draw on the CPU
+            print(f"(drawing the {size} weights on the CPU: {error})")
+            make_test_model(directory, arch=arch, size=size, seed=0, **shape)
     return directory
 
 
+_CAMERA_SIZES = [(480, 640), (640, 480), (900, 1600), (1200, 1600), (768, 1024)]  # (height, width)
+
+
+def _write_photo(path: Path, seed: int, number: int) -> None:
+    height, width = _CAMERA_SIZES[number % len(_CAMERA_SIZES)]
+    rng = np.random.default_rng([seed, number])
+    small = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC).save(path, quality=90)
+
+
 def photos(count: int, folder: Path | None = None, seed: int = 0) -> list[Path]:
-    """Distinct JPEG files of camera-like sizes (640×480 to 1600×1200, both orientations)."""
+    """Distinct JPEG files of camera-like sizes (640×480 to 1600×1200, both orientations), written by all
+    cores when there are many."""
+    from concurrent.futures import ProcessPoolExecutor
+
     # each file seeded by its own number: files made by an earlier, shorter call must not repeat (an index
     # build stores repeated content once, and would skip the work being measured)
     folder = folder or OUT / "camera-photos"
     folder.mkdir(parents=True, exist_ok=True)
-    sizes = [(480, 640), (640, 480), (900, 1600), (1200, 1600), (768, 1024)]
-    paths = []
-    for i in range(count):
-        path = folder / f"photo_{i:05d}.jpg"
-        if not path.exists():
-            height, width = sizes[i % len(sizes)]
-            rng = np.random.default_rng([seed, i])
-            small = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
-            Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC).save(path, quality=90)
-        paths.append(path)
+    paths = [folder / f"photo_{i:05d}.jpg" for i in range(count)]
+    missing = [(path, seed, i) for i, path in enumerate(paths) if not path.exists()]
+    if len(missing) > 64:
+        with ProcessPoolExecutor() as pool:
+            list(pool.map(_write_photo, *zip(*missing), chunksize=16))
+    else:
+        for arguments in missing:
+            _write_photo(*arguments)
     return paths
 
 

@@ -9,7 +9,9 @@ reports its median round. Generated (random-weight) checkpoints: real checkpoint
 outliers, need their own parity check (`--model DIR_OR_HUB_ID`).
 
     python bench/encode.py [--images 24] [--rounds 2] [--batch 8] [--arch naflex] [--compile] [--int8-kernels]
-    python bench/encode.py --device cuda --dtype bf16 [--images 2048] [--batch 0 = sized to the device] [--compile]
+    python bench/encode.py --device cuda --size base,large,so400m [--images 4096] [--batch 0 = sized to the
+        device] [--compile]   (bench/gpu.sh runs it on a GPU machine: model on device, from prepared inputs,
+        decoding alone, JPEG files → index)
     python bench/encode.py --build-only            (JPEG files → index against the model alone, int8 and fp32)
 """
 
@@ -63,18 +65,6 @@ def interleaved(variants: dict, rounds: int) -> dict[str, tuple[float, np.ndarra
     return {name: (statistics.median(times), outputs[name]) for name, times in seconds.items()}
 
 
-def compiled_copy(model):
-    """The same LoadedModel with its vision tower wrapped by torch.compile (dynamic shapes: NaFlex grids)."""
-    import copy
-
-    import torch
-
-    clone = copy.copy(model)
-    clone.model = copy.copy(model.model)
-    clone.model.vision_model = torch.compile(model.model.vision_model, dynamic=True)
-    return clone
-
-
 def cpu_comparison(args, arch: str) -> None:
     from PIL import Image
     from transformers import AutoImageProcessor
@@ -101,8 +91,9 @@ def cpu_comparison(args, arch: str) -> None:
     if args.int8_kernels:
         engines["engine int8, fbgemm kernels"] = int8_packed_for(source, args.max_patches, "fbgemm")
     if args.compile:
-        engines["engine fp32 + torch.compile"] = compiled_copy(fp32)
-        engines["engine int8 + torch.compile"] = compiled_copy(int8)
+        for dtype in ("fp32", "int8"):
+            engines[f"engine {dtype} + torch.compile"] = load_model(source, device="cpu", dtype=dtype, compile=True,
+                                                                     max_num_patches=args.max_patches)
     variants = {"transformers fp32 (plain)": lambda: plain_transformers(fp32.model, processor, decoded, batch)}
     for name, model in engines.items():
         variants[name] = lambda model=model: encode_images(model, decoded, batch_size=batch).vectors
@@ -110,9 +101,15 @@ def cpu_comparison(args, arch: str) -> None:
         fp32.model, processor, [Image.open(p).convert("RGB") for p in paths], batch)
     variants["engine fp32, from JPEG files"] = lambda: encode_images(fp32, paths, batch_size=batch).vectors
     variants["engine int8, from JPEG files"] = lambda: encode_images(int8, paths, batch_size=batch).vectors
+    if args.compile:
+        compiled = engines["engine int8 + torch.compile"]
+        variants["engine int8 + torch.compile, from JPEG files"] = lambda: encode_images(
+            compiled, paths, batch_size=batch).vectors
     warm = time.perf_counter()
     for model in engines.values():  # first calls: allocator, thread pools, torch.compile's compilation
-        encode_images(model, decoded[:2], batch_size=2)
+        encode_images(model, decoded[:batch], batch_size=batch)
+        if len(decoded) % batch:  # the last, smaller batch: a fixed-size compiled model recompiles once for it
+            encode_images(model, decoded[: len(decoded) % batch], batch_size=batch)
     plain_transformers(fp32.model, processor, decoded[:2], 2)
     print(f"  (warm-up {time.perf_counter() - warm:.0f} s)")
 
@@ -213,8 +210,36 @@ def device_batch(model, requested: int) -> int:
     return batch
 
 
-def gpu_throughput(args, arch: str) -> None:
-    """bf16 (or --dtype), SDPA, device-sized batches, pinned host memory; model only and JPEG files → index."""
+def prepared_from_file(path: Path, preprocessor, target) -> object:
+    """One JPEG file → the model's input, as an index build reads it (module level: runs in processes too)."""
+    from engine.model.images import decode_image_bytes, read_file_bytes
+
+    data, _ = read_file_bytes(path)
+    return preprocessor(*decode_image_bytes(data, str(path), target))
+
+
+def decode_rates(model, paths: list[Path], workers: int) -> str:
+    """Files → model inputs alone, no model: in `workers` threads (the engine's way) and processes."""
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    from engine.model.encode import decode_target, ordered_parallel_map
+
+    prepare = partial(prepared_from_file, preprocessor=model.image_preprocessor, target=decode_target(model))
+    threads, _ = timed(lambda: sum(1 for _ in ordered_parallel_map(prepare, paths, workers)))
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(prepare, paths[: 4 * workers]))  # start the processes
+        processes, _ = timed(lambda: sum(1 for _ in pool.map(prepare, paths, chunksize=8)))
+    return f"decode only: {workers} threads {len(paths) / threads:,.0f} img/s, {workers} processes " \
+           f"{len(paths) / processes:,.0f} img/s"
+
+
+def gpu_throughput(args, arch: str, size: str) -> None:
+    """bf16 (or --dtype), SDPA, device-sized batches, pinned host memory: the model on inputs already on the
+    device, the model from prepared inputs (collate, host→device, vectors back), decoding alone, and JPEG
+    files → index."""
+    import os
+
     import torch
 
     from engine import load_model
@@ -222,34 +247,49 @@ def gpu_throughput(args, arch: str) -> None:
     from engine.model.encode import embed_pixel_batch
     from engine.model.images import open_image
 
-    source = args.model or str(checkpoint(arch, args.size))
+    if (size, arch) == ("large", "naflex") and not args.model:
+        return  # no L/16 NaFlex checkpoint was released
+    source = args.model or str(checkpoint(arch, size))
     model = load_model(source, device=args.device, dtype=args.dtype or ("bf16" if args.device != "cpu" else "fp32"),
                        max_num_patches=args.max_patches)
     if model.arch != arch:
         return
-    if args.compile:
-        model.model.vision_model = torch.compile(model.model.vision_model, dynamic=model.arch == "naflex")
+    on_gpu = model.device.type == "cuda"
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     batch = device_batch(model, args.batch)
     paths = photos(args.images)
     distinct = [model.image_preprocessor(open_image(p)) for p in paths[:64]]
     prepared = [distinct[i % len(distinct)] for i in range(batch)]
-    on_gpu = model.device.type == "cuda"
-    embed_pixel_batch(model, prepared)  # warm-up (and compilation)
-    if on_gpu:
-        torch.cuda.synchronize()
-    repeats = max(3, args.images // batch)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        embed_pixel_batch(model, prepared)  # returns numpy: each batch waits for the device anyway
-    if on_gpu:
-        torch.cuda.synchronize()
-    model_rate = repeats * batch / (time.perf_counter() - start)
+    label = f"{size if not args.model else source} {arch} {model.image_setting} {model.precision}, batch {batch}"
+
+    def rate(run, count: int, warm_up_s: float = 1.0, measure_s: float = 3.0) -> float:
+        """Images/s over at least `measure_s` of repeats, after `warm_up_s` (compilation, the GPU's clocks)."""
+        for seconds in (warm_up_s, measure_s):
+            repeats, start = 0, time.perf_counter()
+            while repeats == 0 or time.perf_counter() - start < seconds:
+                run()
+                sync()
+                repeats += 1
+        return repeats * count / (time.perf_counter() - start)
+
+    inputs = model.image_preprocessor.collate(prepared).model_inputs(model.device, model.dtype)
+    variants = {"": model}
+    if args.compile:
+        variants[" compiled"] = load_model(source, device=args.device, dtype=model.precision, compile=True,
+                                           max_num_patches=args.max_patches)
+    with torch.inference_mode():
+        for suffix, variant in variants.items():
+            on_device = rate(lambda variant=variant: variant.image_features(**inputs), batch)
+            print(f"{label}{suffix}: model on device {on_device:,.0f} img/s", flush=True)
+    model_only = rate(lambda: embed_pixel_batch(model, prepared), batch)
+    print(f"{label}: model from prepared inputs (collate, to device, vectors back) {model_only:,.0f} img/s", flush=True)
+    print(f"{label}: {decode_rates(model, paths, os.cpu_count() or 2)}", flush=True)
+    build_batch = min(batch, 512)  # smaller batches keep the device fed sooner; 512 still fills it
     with tempfile.TemporaryDirectory() as index_dir:
-        summary = build_index(model, paths[0].parent, "bench", index_dir, batch_size=batch)
-    device_name = torch.cuda.get_device_name(model.device) if on_gpu else model.device.type
-    print(f"{device_name}: {args.size} {arch} {model.image_setting} {model.precision}"
-          f"{' compiled' if args.compile else ''}, batch {batch}: model only {model_rate:,.0f} img/s | "
-          f"JPEG files → index {summary.rate:,.0f} img/s ({summary.encoded} images)")
+        summary = build_index(model, paths[0].parent, "bench", index_dir, batch_size=build_batch,
+                              workers=args.workers or None)
+    print(f"{label}: JPEG files → index, batch {build_batch}: {summary.rate:,.0f} img/s ({summary.encoded} images, "
+          f"{summary.seconds:.1f} s)", flush=True)
 
 
 def main() -> None:
@@ -257,7 +297,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=0, help="0: 8 on the CPU, sized to the memory on a GPU")
-    parser.add_argument("--size", default="base", help="generated checkpoint size (tiny, small, base)")
+    parser.add_argument("--size", default="base", help="generated checkpoint size(s): tiny, small, base, large, "
+                        "so400m (comma-separated on the GPU)")
     parser.add_argument("--model", default=None, help="a real checkpoint (Hub id or folder) instead")
     parser.add_argument("--arch", default="fixed,naflex")
     parser.add_argument("--max-patches", type=int, default=None)
@@ -267,6 +308,7 @@ def main() -> None:
     parser.add_argument("--int8-kernels", action="store_true", help="also int8 on fbgemm's kernels (torch's default)")
     parser.add_argument("--build-only", action="store_true", help="CPU: only JPEG files → index against model only")
     parser.add_argument("--throughput", action="store_true", help="the GPU mode's measurement on any device")
+    parser.add_argument("--workers", type=int, default=0, help="GPU mode: decode threads of the build (0: the engine's 8)")
     args = parser.parse_args()
 
     print(f"machine: {machine()}")
@@ -276,7 +318,8 @@ def main() -> None:
         elif args.device == "cpu" and not args.throughput:
             cpu_comparison(args, arch)
         else:
-            gpu_throughput(args, arch)
+            for size in args.size.split(","):
+                gpu_throughput(args, arch, size)
 
 
 if __name__ == "__main__":

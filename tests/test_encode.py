@@ -1,5 +1,7 @@
 """Engine embeddings equal transformers' own, batch by batch, and bad images never lose good ones."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -74,3 +76,17 @@ def test_full_size_b16_configuration(tmp_path_factory):
     with torch.no_grad():
         direct = torch.nn.functional.normalize(model.model.get_text_features(input_ids=ids).pooler_output, dim=-1)
     assert (encode_texts(model, texts).vectors * direct.numpy()).sum(axis=1).min() >= 0.99999
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on the CPU needs a C compiler")
+def test_compiled_image_encodes_equal_eager_ones(fixed_dir, image_files):
+    """load_model(compile=True): the same vectors, through a torch.compile graph."""
+    from torch._dynamo.utils import counters
+
+    eager = load_model(str(fixed_dir), device="cpu", dtype="fp32")
+    compiled = load_model(str(fixed_dir), device="cpu", dtype="fp32", compile=True)
+    graphs_before = counters["stats"]["unique_graphs"]
+    expected = encode_images(eager, image_files[:3], batch_size=3).vectors
+    found = encode_images(compiled, image_files[:3], batch_size=3).vectors
+    assert counters["stats"]["unique_graphs"] > graphs_before
+    np.testing.assert_allclose(found, expected, atol=1e-5)

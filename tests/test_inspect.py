@@ -45,9 +45,10 @@ def test_stretched_positions_are_what_the_model_adds(naflex_model):
     view = patch_grid(naflex_model, WIDE, 256)
     batch = naflex_model.image_preprocessor.collate([naflex_model.image_preprocessor(WIDE)])
     embeddings = naflex_model.model.vision_model.embeddings
+    pixels = batch.model_inputs(naflex_model.device, naflex_model.dtype)["pixel_values"]
     with torch.inference_mode():
-        both = embeddings(batch.pixel_values, batch.spatial_shapes)[0]
-        patches = embeddings.patch_embedding(batch.pixel_values)[0]
+        both = embeddings(pixels, batch.spatial_shapes)[0]
+        patches = embeddings.patch_embedding(pixels)[0]
     added = (both - patches)[: view.grid.num_patches].numpy().reshape(view.grid.rows, view.grid.cols, -1)
     np.testing.assert_allclose(view.positions.stretched_embeddings, added, atol=1e-5)
 

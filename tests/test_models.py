@@ -97,6 +97,23 @@ def test_generator_is_deterministic_and_hub_shaped(tmp_path):
     AutoProcessor.from_pretrained(str(first))  # transformers reads the layout as it is
 
 
+@pytest.mark.parametrize("size, patch_size, image_size, vision_millions, text_millions",
+                         [("base", 16, 224, 92.9, 282.3), ("large", 16, 256, 316.0, 565.6),
+                          ("so400m", 14, 224, 427.7, 707.8)])
+def test_generated_sizes_have_the_released_shapes(size, patch_size, image_size, vision_millions, text_millions):
+    """B/16 224, L/16 256 and So400m/14 224 as released (375M, 882M, 1.14B parameters), counted without
+    drawing them (meta device)."""
+    from transformers import AutoModel
+
+    from engine.model.testmodel import SIZES, _model_config
+
+    config = _model_config("fixed", SIZES[size], SIZES[size].vocab_size, image_size, patch_size, 256)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    millions = [sum(p.numel() for p in tower.parameters()) / 1e6 for tower in (model.vision_model, model.text_model)]
+    assert millions == pytest.approx([vision_millions, text_millions], abs=0.05)
+
+
 @pytest.mark.parametrize("arch", ["fixed", "naflex"])
 def test_loading_prints_no_warning_about_transformers_own_defaults(arch, fixed_dir, naflex_dir):
     """transformers checks its default SiglipTextConfig (vocabulary 32000, bos 49406) whenever it prints a

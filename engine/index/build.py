@@ -113,7 +113,9 @@ class FolderBuild:
                 return _Read(state, failure=error.reason)
 
         try:
-            for done, item in enumerate(ordered_parallel_map(read, todo, workers), start=1):
+            # decoding runs on while a batch is encoded: two batches ahead (a GPU's batches are large)
+            lookahead = max(64, 2 * self.batch_size)
+            for done, item in enumerate(ordered_parallel_map(read, todo, workers, lookahead), start=1):
                 self._take(item)
                 if len(self.pending) >= self.batch_size or len(self.links) + len(self.failures) >= 4 * self.batch_size:
                     self.commit()

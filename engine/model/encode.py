@@ -102,8 +102,7 @@ def ordered_parallel_map(fn: Callable, items: Sequence, workers: int | None = No
 def embed_pixel_batch(model: LoadedModel, prepared: list[PreparedImage]) -> np.ndarray:
     """(n, dim) normalised embeddings for already-preprocessed images."""
     batch = model.image_preprocessor.collate(prepared)
-    output = model.model.get_image_features(**batch.model_inputs(model.device, model.dtype))
-    return l2_normalize(output.pooler_output)
+    return l2_normalize(model.image_features(**batch.model_inputs(model.device, model.dtype)))
 
 
 @torch.inference_mode()

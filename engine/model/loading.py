@@ -137,6 +137,16 @@ class LoadedModel:
     untrained: bool  # a generated checkpoint (engine.model.testmodel): random weights, outputs mean nothing
     checkpoint: Checkpoint | None
     quantization: str | None = None  # "int8": encoders dynamically quantized (engine.model.quantize), CPU only
+    compiled: bool = False  # image encodes run through torch.compile (load_model(compile=True))
+
+    def __post_init__(self) -> None:
+        # dynamic NaFlex grids from the start; fixed sizes recompile once, for the batch size, if it changes
+        self._compiled_image_features = torch.compile(
+            self.model.get_image_features, dynamic=True if self.arch == "naflex" else None) if self.compiled else None
+
+    def image_features(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """(n, dim) pooled, unnormalised image embeddings for `ImagePreprocessor` model inputs."""
+        return (self._compiled_image_features or self.model.get_image_features)(**inputs).pooler_output
 
     @property
     def precision(self) -> str:
@@ -188,8 +198,12 @@ def load_model(
     max_num_patches: int | None = None,
     lowercase: str = "ascii",
     attn_implementation: str = "sdpa",
+    compile: bool = False,
 ) -> LoadedModel:
-    """Load a SigLIP 2 checkpoint by Hub id or local folder (safetensors only, no remote code)."""
+    """Load a SigLIP 2 checkpoint by Hub id or local folder (safetensors only, no remote code).
+
+    `compile`: run image encodes through torch.compile — a minute or more of compiling on the first batch
+    (and once more if the batch size changes), then faster batches; for index builds and batch labelling."""
     directory = resolve_checkpoint(str(name_or_path))
     config_path = directory / "config.json"
     if not config_path.exists():
@@ -229,7 +243,7 @@ def load_model(
         model=model, name=str(name_or_path), directory=directory, arch=arch, device=torch_device,
         dtype=torch_dtype, tokenizer=TextTokenizer.from_checkpoint(directory, lowercase=lowercase),
         image_preprocessor=preprocessor, untrained=(directory / TEST_MODEL_MARKER).exists(),
-        checkpoint=find_checkpoint(str(name_or_path)), quantization=INT8 if int8 else None,
+        checkpoint=find_checkpoint(str(name_or_path)), quantization=INT8 if int8 else None, compiled=compile,
     )
     log.info("loaded %s (%s, %s %s, untrained=%s)", loaded.name, arch, torch_device.type, loaded.precision,
              loaded.untrained)

@@ -3,6 +3,9 @@
 Fixed resolution: squash-resize to the checkpoint's size, scale to [-1, 1].
 NaFlex: aspect-preserving resize to the largest patch grid within `max_num_patches`, scale, cut into
 row-major patches (channels last inside a patch), pad the sequence, keep a mask and the grid shape.
+
+Prepared images stay uint8 until they reach the model's device, where they are scaled and standardised in
+float32 (the same arithmetic as the processor's, a quarter of the bytes to collate and copy).
 """
 
 from __future__ import annotations
@@ -89,10 +92,10 @@ def resize(image: Image.Image, height: int, width: int, resample: int) -> Image.
     return image.resize((width, height), resample=Image.Resampling(resample))
 
 
-def normalize(image: Image.Image, rescale_factor: float, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """uint8 RGB image -> float32 array (H, W, 3) scaled then standardised (to [-1, 1] for mean=std=0.5)."""
-    pixels = np.asarray(image, dtype=np.float32) * np.float32(rescale_factor)
-    return (pixels - mean) / std
+def standardize(pixels: torch.Tensor, rescale_factor: float, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB values -> float32 scaled then standardised (to [-1, 1] for 0.5, 0.5); mean and std shaped
+    to broadcast over the channel axis."""
+    return (pixels.float() * rescale_factor - mean) / std
 
 
 def patchify(pixels_hwc: np.ndarray, patch_size: int) -> np.ndarray:
@@ -108,27 +111,37 @@ def patchify(pixels_hwc: np.ndarray, patch_size: int) -> np.ndarray:
 
 @dataclass
 class PixelBatch:
-    """Model-ready tensors for a batch of images, plus each image's patch grid."""
+    """A batch of images as uint8 values, plus each image's patch grid; `model_inputs` makes the model's
+    float tensors on its device."""
 
-    pixel_values: torch.Tensor  # fixed: (n, 3, H, W); NaFlex: (n, max_num_patches, p*p*3)
+    pixel_values: torch.Tensor  # uint8; fixed: (n, 3, H, W); NaFlex: (n, max_num_patches, p*p*3), 0-padded
     grids: list[PatchGrid]
+    rescale_factor: float
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
     pixel_attention_mask: torch.Tensor | None = None  # NaFlex: (n, max_num_patches), 1 = real patch
     spatial_shapes: torch.Tensor | None = None  # NaFlex: (n, 2) rows, cols
 
     def model_inputs(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         pixels = self.pixel_values
         if device.type == "cuda":  # page-locked host memory: a DMA copy that overlaps the previous batch's work
-            pixels = pixels.pin_memory().to(device, non_blocking=True)
-        inputs = {"pixel_values": pixels.to(device=device, dtype=dtype)}
-        if self.pixel_attention_mask is not None:
-            inputs["pixel_attention_mask"] = self.pixel_attention_mask.to(device)
-            inputs["spatial_shapes"] = self.spatial_shapes.to(device)
-        return inputs
+            pixels = pixels.pin_memory()
+        pixels = pixels.to(device, non_blocking=True)
+        mean, std = (torch.tensor(v, dtype=torch.float32, device=device) for v in (self.image_mean, self.image_std))
+        if self.pixel_attention_mask is None:  # (n, 3, H, W)
+            values = standardize(pixels, self.rescale_factor, mean.view(3, 1, 1), std.view(3, 1, 1))
+            return {"pixel_values": values.to(dtype)}
+        n, length, width = pixels.shape  # channels last within a patch
+        values = standardize(pixels.view(n, length, width // 3, 3), self.rescale_factor, mean, std).view(n, length, width)
+        mask = self.pixel_attention_mask.to(device)
+        values = torch.where(mask[..., None].bool(), values, 0.0)  # padding patches are zeros, as the processor's
+        return {"pixel_values": values.to(dtype), "pixel_attention_mask": mask,
+                "spatial_shapes": self.spatial_shapes.to(device)}
 
 
 @dataclass
 class PreparedImage:
-    """One preprocessed image: fixed (3, H, W) pixels, or NaFlex (max_num_patches, p*p*3) patches."""
+    """One preprocessed image, uint8: fixed (3, H, W) pixels, or NaFlex (max_num_patches, p*p*3) patches."""
 
     array: np.ndarray
     grid: PatchGrid
@@ -163,30 +176,30 @@ class ImagePreprocessor:
     def __call__(self, image: Image.Image, original_size: tuple[int, int] | None = None) -> PreparedImage:
         """`original_size`: the full (height, width) when `image` was decoded at reduced scale, so that the
         patch grid, and the size recorded for the image, are those of the full image."""
-        mean = np.asarray(self.image_mean, dtype=np.float32)
-        std = np.asarray(self.image_std, dtype=np.float32)
         height, width = original_size or (image.height, image.width)
         target_h, target_w = self.target_size(height, width)
-        pixels = normalize(resize(image, target_h, target_w, self.resample), self.rescale_factor, mean, std)
+        pixels = np.asarray(resize(image, target_h, target_w, self.resample), dtype=np.uint8)  # (H, W, 3)
         rows, cols = target_h // self.patch_size, target_w // self.patch_size
         grid = PatchGrid(height, width, target_h, target_w, self.patch_size, rows, cols,
                          self.max_num_patches if self.arch == "naflex" else rows * cols)
         if self.arch == "fixed":
             return PreparedImage(np.ascontiguousarray(pixels.transpose(2, 0, 1)), grid)
-        patches = np.zeros((self.max_num_patches, self.patch_size**2 * 3), dtype=np.float32)
+        patches = np.zeros((self.max_num_patches, self.patch_size**2 * 3), dtype=np.uint8)
         patches[: grid.num_patches] = patchify(pixels, self.patch_size)
         return PreparedImage(patches, grid)
 
     def collate(self, prepared: list[PreparedImage]) -> PixelBatch:
         pixel_values = torch.from_numpy(np.stack([p.array for p in prepared]))
         grids = [p.grid for p in prepared]
+        recipe = dict(rescale_factor=self.rescale_factor, image_mean=tuple(self.image_mean),
+                      image_std=tuple(self.image_std))
         if self.arch == "fixed":
-            return PixelBatch(pixel_values, grids)
+            return PixelBatch(pixel_values, grids, **recipe)
         mask = torch.zeros((len(prepared), self.max_num_patches), dtype=torch.int32)
         for row, grid in enumerate(grids):
             mask[row, : grid.num_patches] = 1
         shapes = torch.tensor([[g.rows, g.cols] for g in grids], dtype=torch.long)
-        return PixelBatch(pixel_values, grids, mask, shapes)
+        return PixelBatch(pixel_values, grids, **recipe, pixel_attention_mask=mask, spatial_shapes=shapes)
 
     @classmethod
     def from_checkpoint(cls, directory: Path, arch: str, patch_size: int, image_size: int) -> "ImagePreprocessor":

@@ -38,6 +38,9 @@ SIZES = {
     "small": TestModelSize(hidden=192, layers=4, heads=3, intermediate=768, vocab_size=None),
     # The real B/16 configuration: 768 wide, 12 layers, 256k vocabulary (about 375M parameters).
     "base": TestModelSize(hidden=768, layers=12, heads=12, intermediate=3072, vocab_size=256_000),
+    # L/16 and So400m (both towers as released; for the GPU benchmarks: 880M and 1.1B parameters)
+    "large": TestModelSize(hidden=1024, layers=24, heads=16, intermediate=4096, vocab_size=256_000),
+    "so400m": TestModelSize(hidden=1152, layers=27, heads=16, intermediate=4304, vocab_size=256_000),
 }
 
 
@@ -111,10 +114,12 @@ def make_test_model(
     patch_size: int | None = None,
     max_patches: int | None = None,
     recipe: str = "reference",
+    device: str = "cpu",
 ) -> Path:
     """Write a random-weight checkpoint (config, safetensors, tokenizer, processor) to `out_dir`. `recipe`:
     "reference" (the released checkpoints' preprocessing, t = log 10, b = -10) or "odd" (other values
-    everywhere, see RECIPES); image_size, patch_size and max_patches override the recipe's."""
+    everywhere, see RECIPES); image_size, patch_size and max_patches override the recipe's. `device`: where
+    the random weights are drawn ("cuda" makes the large sizes' minute a second; the values differ by device)."""
     from transformers import AutoModel, GemmaTokenizer
 
     if arch not in ("fixed", "naflex"):
@@ -133,7 +138,8 @@ def make_test_model(
     vocab_size = spec.vocab_size or backend.get_vocab_size()
     config = _model_config(arch, spec, vocab_size, image_size, patch_size, max_patches)
     torch.manual_seed(seed)
-    model = AutoModel.from_config(config)
+    with torch.device(device):
+        model = AutoModel.from_config(config)
     with torch.no_grad():  # transformers zeroes these; use the paper's initial values or "learned" ones
         if chosen.learned_score:
             generator = torch.Generator().manual_seed(seed)

@@ -114,6 +114,12 @@ MUTATIONS = [
              ("tests/test_train_tab.py",)),
     Mutation("int8: the tanh GELU kept in the encoders", "engine/model/quantize.py",
              "            _exact_gelu(quantized)\n", "", ("tests/test_quantize.py",)),
+    Mutation("pixels: NaFlex padding patches standardised instead of zero", "engine/model/preprocess.py",
+             "        values = torch.where(mask[..., None].bool(), values, 0.0)", "        values = values",
+             ("tests/test_preprocess.py",)),
+    Mutation("load_model(compile=True) runs eagerly", "engine/model/loading.py",
+             "quantization=INT8 if int8 else None, compiled=compile,", "quantization=INT8 if int8 else None,",
+             ("tests/test_encode.py",)),
 ]
 
 

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The GPU figures of bench/encode.py in one call on a lent GPU machine (see README, "GPU"): B/16 at 224 and
+# NaFlex 256, L/16 256, So400m/14 224 and NaFlex 256; generated checkpoints, bf16. Each line is printed as
+# it is measured, so a run cut short still leaves what it got. Where the machine lacks this project's
+# pinned packages, wheels carried in .whl/ are installed first (pip download … -d .whl, see README).
+#   [COMPILE=1] [SIZES=base,large,so400m] bash bench/gpu.sh [IMAGES=4096]
+set -u
+images=${1:-4096}
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site
+fi
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+python3 -c "import torch, transformers, faiss, PIL; print('torch', torch.__version__, '| transformers', transformers.__version__, '| faiss', faiss.__version__, '| pillow', PIL.__version__, '|', torch.cuda.get_device_name())" || exit 1
+python3 bench/encode.py --device cuda --throughput --arch fixed,naflex --size "${SIZES:-base,large,so400m}" --images "$images"
+# torch.compile: a minute more; on the H100 it gave B/16 nothing (10,908 vs 11,035 img/s, 2026-11-26)
+if [ "${COMPILE:-0}" = 1 ]; then
+    python3 bench/encode.py --device cuda --throughput --arch fixed --size base --images "$images" --compile
+fi
