@@ -14,7 +14,8 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
 python3 -c "import torch, transformers, faiss, PIL; print('torch', torch.__version__, '| transformers', transformers.__version__, '| faiss', faiss.__version__, '| pillow', PIL.__version__, '|', torch.cuda.get_device_name())" || exit 1
 python3 bench/encode.py --device cuda --throughput --arch fixed,naflex --size "${SIZES:-base,large,so400m}" --images "$images"
-# torch.compile: a minute more; on the H100 it gave B/16 nothing (10,908 vs 11,035 img/s, 2026-11-26)
+# torch.compile (load_model(compile=True)): a minute more. On the H100, 2026-11-26, B/16 fixed ran at
+# 10,908-11,035 img/s compiled (through the benchmark's earlier wrapper) against 7,064-7,190 eager
 if [ "${COMPILE:-0}" = 1 ]; then
     python3 bench/encode.py --device cuda --throughput --arch fixed --size base --images "$images" --compile
 fi

@@ -37,7 +37,7 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str | None
     parser.add_argument("--max-patches", type=int, default=None, help="NaFlex sequence length (default 256)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the image encoder: a minute or more of compiling first, then faster "
-                             "batches (worth it for large folders)")
+                             "batches for fixed-resolution models (NaFlex ones gained nothing on a CPU)")
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedModel:

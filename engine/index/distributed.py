@@ -40,11 +40,12 @@ class ModelSpec:
     device: str
     dtype: str
     max_num_patches: int | None
+    compiled: bool = False
 
     @classmethod
     def of(cls, model: LoadedModel) -> "ModelSpec":
         patches = model.image_preprocessor.max_num_patches if model.arch == "naflex" else None
-        return cls(model.name, model.device.type, model.precision, patches)
+        return cls(model.name, model.device.type, model.precision, patches, model.compiled)
 
 
 @dataclass
@@ -83,7 +84,8 @@ class Encoder:
         import torch
 
         torch.set_num_threads(max(1, threads))
-        self.model = load_model(spec.name, device=spec.device, dtype=spec.dtype, max_num_patches=spec.max_num_patches)
+        self.model = load_model(spec.name, device=spec.device, dtype=spec.dtype, max_num_patches=spec.max_num_patches,
+                                compile=spec.compiled)
 
     def __call__(self, batch: dict) -> dict:
         count = len(batch["path"])

@@ -10,6 +10,7 @@ float32 (the same arithmetic as the processor's, a quarter of the bytes to colla
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -92,6 +93,14 @@ def resize(image: Image.Image, height: int, width: int, resample: int) -> Image.
     return image.resize((width, height), resample=Image.Resampling(resample))
 
 
+@functools.lru_cache(maxsize=64)
+def _channel_values(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """A per-channel float32 constant on `device`, made once: creating it per batch would wait for the copy
+    of the batch queued before it on a GPU. A normal tensor even when first asked for under inference mode."""
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=torch.float32, device=device)
+
+
 def standardize(pixels: torch.Tensor, rescale_factor: float, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 RGB values -> float32 scaled then standardised (to [-1, 1] for 0.5, 0.5); mean and std shaped
     to broadcast over the channel axis."""
@@ -124,10 +133,11 @@ class PixelBatch:
 
     def model_inputs(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         pixels = self.pixel_values
-        if device.type == "cuda":  # page-locked host memory: a DMA copy that overlaps the previous batch's work
+        on_cuda = device.type == "cuda"
+        if on_cuda:  # page-locked host memory: an asynchronous DMA copy
             pixels = pixels.pin_memory()
-        pixels = pixels.to(device, non_blocking=True)
-        mean, std = (torch.tensor(v, dtype=torch.float32, device=device) for v in (self.image_mean, self.image_std))
+        pixels = pixels.to(device, non_blocking=on_cuda)
+        mean, std = _channel_values(tuple(self.image_mean), device), _channel_values(tuple(self.image_std), device)
         if self.pixel_attention_mask is None:  # (n, 3, H, W)
             values = standardize(pixels, self.rescale_factor, mean.view(3, 1, 1), std.view(3, 1, 1))
             return {"pixel_values": values.to(dtype)}
