@@ -36,8 +36,8 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str | None
                         help="fp32, bf16, fp16 or int8 (the CPU fast path) (default: bf16 on cuda, else fp32)")
     parser.add_argument("--max-patches", type=int, default=None, help="NaFlex sequence length (default 256)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the image encoder: a minute or more of compiling first, then faster "
-                             "batches for fixed-resolution models (NaFlex ones gained nothing on a CPU)")
+                        help="torch.compile the image encoder: a minute or more of compiling first; for bulk "
+                             "encoding with fixed-resolution models on a GPU (no reliable gain on CPUs or NaFlex)")
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedModel:

@@ -203,7 +203,7 @@ def load_model(
     """Load a SigLIP 2 checkpoint by Hub id or local folder (safetensors only, no remote code).
 
     `compile`: run image encodes through torch.compile — a minute or more of compiling on the first batch
-    (and once more if the batch size changes), then faster batches; for index builds and batch labelling."""
+    (and once more if the batch size changes); for bulk encoding with fixed-resolution models on a GPU."""
     directory = resolve_checkpoint(str(name_or_path))
     config_path = directory / "config.json"
     if not config_path.exists():
