@@ -242,6 +242,7 @@ def gpu_throughput(args, arch: str, size: str) -> None:
 
     from engine import load_model
     from engine.index.build import build_index
+    from engine.model.device_decode import device_decoder
     from engine.model.encode import embed_pixel_batch
     from engine.model.images import open_image
 
@@ -282,11 +283,38 @@ def gpu_throughput(args, arch: str, size: str) -> None:
     print(f"{label}: model from prepared inputs (collate, to device, vectors back) {model_only:,.0f} img/s", flush=True)
     print(f"{label}: {decode_rates(model, paths, os.cpu_count() or 2)}", flush=True)
     build_batch = min(batch, 512)  # smaller batches keep the device fed sooner; 512 still fills it
-    with tempfile.TemporaryDirectory() as index_dir:
-        summary = build_index(model, paths[0].parent, "bench", index_dir, batch_size=build_batch,
-                              workers=args.workers or None)
-    print(f"{label}: JPEG files → index, batch {build_batch}: {summary.rate:,.0f} img/s ({summary.encoded} images, "
-          f"{summary.seconds:.1f} s)", flush=True)
+    decoder = device_decoder(model.device, model.image_preprocessor)
+    if decoder:
+        print(f"{label}: {device_decode_rate(model, paths, decoder, build_batch, sync)}", flush=True)
+    builds = [("PIL in threads", "", False)] + [("nvJPEG on the device", suffix, True) for suffix in variants
+                                                 if decoder]
+    for decoded_by, suffix, device_decode in builds:
+        embed_pixel_batch(variants[suffix], prepared[:build_batch])  # a compiled model compiles for this size now
+        with tempfile.TemporaryDirectory() as index_dir:
+            summary = build_index(variants[suffix], paths[0].parent, "bench", index_dir, batch_size=build_batch,
+                                  workers=args.workers or None, device_decode=device_decode)
+        print(f"{label}{suffix}: JPEG files → index, batch {build_batch}, decoded by {decoded_by}: "
+              f"{summary.rate:,.0f} img/s ({summary.encoded} images, {summary.seconds:.1f} s)", flush=True)
+    if not decoder and on_gpu:
+        print(f"{label}: no device JPEG decoding (torchvision not installed)", flush=True)
+
+
+def device_decode_rate(model, paths: list[Path], decoder, batch: int, sync) -> str:
+    """JPEG bytes already in memory → model inputs on the device (decode, orient, resize), no model."""
+    from engine.model.device_decode import device_jpeg, prepare_on_device
+
+    jpegs = [device_jpeg(path.read_bytes()) for path in paths]
+    taken = [j for j in jpegs if j is not None]
+
+    def run():
+        for start in range(0, len(taken), batch):
+            prepare_on_device(taken[start:start + batch], model.image_preprocessor, model.device, decoder)
+        sync()
+
+    run()  # warm up: the decoder's buffers, the resize kernels
+    seconds, _ = timed(run)
+    return f"decode only: nvJPEG on the device (bytes in memory → resized inputs), batch {batch}: " \
+           f"{len(taken) / seconds:,.0f} img/s ({len(taken)} of {len(jpegs)} files taken)"
 
 
 def main() -> None:

@@ -235,3 +235,19 @@ def test_unreadable_permission_as_an_unprivileged_user():
         shutil.rmtree(folder)
 
 
+
+
+def test_reading_names_what_is_wrong_and_never_waits_on_a_pipe(tmp_path):
+    from engine.model.images import read_file_bytes
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "folder.jpg").mkdir()
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "dangling.jpg")
+    expected = {"pipe.jpg": "not a regular file", "folder.jpg": "is a folder", "empty.jpg": "empty file",
+                "dangling.jpg": "broken symbolic link", "missing.jpg": "file not found"}
+    for name, reason in expected.items():
+        with pytest.raises(ImageReadError, match=reason):
+            read_file_bytes(tmp_path / name)
+    (tmp_path / "fine.jpg").write_bytes(b"\xff\xd8 bytes")
+    assert read_file_bytes(tmp_path / "fine.jpg")[0] == b"\xff\xd8 bytes"

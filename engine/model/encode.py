@@ -98,11 +98,38 @@ def ordered_parallel_map(fn: Callable, items: Sequence, workers: int | None = No
             yield future.result()
 
 
+@dataclass
+class PendingVectors:
+    """Embeddings that a GPU may still be computing and copying back; `result()` waits for them."""
+
+    vectors: torch.Tensor  # (n, dim) float32 on the host (page-locked while a CUDA copy is under way)
+    copied: torch.cuda.Event | None = None
+
+    def result(self) -> np.ndarray:
+        if self.copied is not None:
+            self.copied.synchronize()
+        return self.vectors.numpy()
+
+
 @torch.inference_mode()
+def start_pixel_batch(model: LoadedModel, prepared: list[PreparedImage]) -> PendingVectors:
+    """Start embedding already-preprocessed images; on a GPU this returns before the device is done, so the
+    caller can prepare the next batch (or store the last one) meanwhile. On a CPU it returns when done."""
+    batch = model.image_preprocessor.collate(prepared)
+    features = model.image_features(**batch.model_inputs(model.device, model.dtype)).float()
+    features = torch.nn.functional.normalize(features, dim=-1)
+    if not features.is_cuda:
+        return PendingVectors(features)
+    host = torch.empty(features.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(features, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return PendingVectors(host, copied)
+
+
 def embed_pixel_batch(model: LoadedModel, prepared: list[PreparedImage]) -> np.ndarray:
     """(n, dim) normalised embeddings for already-preprocessed images."""
-    batch = model.image_preprocessor.collate(prepared)
-    return l2_normalize(model.image_features(**batch.model_inputs(model.device, model.dtype)))
+    return start_pixel_batch(model, prepared).result()
 
 
 @torch.inference_mode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,15 +145,34 @@ def open_for_model(image: ImageInput, position: int | None = None,
 
 
 def read_file_bytes(path: str | os.PathLike) -> tuple[bytes, str]:
-    """A file's bytes and SHA-256, or ImageReadError (missing, empty, unreadable, broken link)."""
+    """A file's bytes and SHA-256, or ImageReadError (missing, empty, a folder or pipe, unreadable, broken link).
+
+    One open and one fstat per file: an index build reads thousands of files a second on a GPU machine.
+    Non-blocking, so that a named pipe is refused instead of waited on."""
     name = str(path)
     try:
-        _check_file(Path(path), name)
-        data = Path(path).read_bytes()
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except PermissionError:
         raise ImageReadError(name, "permission denied") from None
     except OSError as error:
+        if os.path.islink(path) and not os.path.exists(path):
+            raise ImageReadError(name, "broken symbolic link") from None
+        reason = "file not found" if isinstance(error, FileNotFoundError) else f"cannot be read ({error.strerror})"
+        raise ImageReadError(name, reason) from None
+    try:
+        info = os.fstat(descriptor)
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageReadError(name, "is a folder, not an image")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageReadError(name, "not a regular file")
+        if info.st_size == 0:
+            raise ImageReadError(name, "empty file (0 bytes)")
+        with os.fdopen(descriptor, "rb", closefd=False) as file:
+            data = file.read()
+    except OSError as error:
         raise ImageReadError(name, f"cannot be read ({error.strerror or error})") from None
+    finally:
+        os.close(descriptor)
     return data, hashlib.sha256(data).hexdigest()
 
 

@@ -107,11 +107,11 @@ def standardize(pixels: torch.Tensor, rescale_factor: float, mean: torch.Tensor,
     return (pixels.float() * rescale_factor - mean) / std
 
 
-def patchify(pixels_hwc: np.ndarray, patch_size: int) -> np.ndarray:
-    """(H, W, C) -> (rows*cols, p*p*C): row-major patches, channels last within a patch."""
+def patchify(pixels_hwc, patch_size: int):
+    """(H, W, C) -> (rows*cols, p*p*C): row-major patches, channels last within a patch (numpy or torch)."""
     height, width, channels = pixels_hwc.shape
     rows, cols = height // patch_size, width // patch_size
-    patches = pixels_hwc.reshape(rows, patch_size, cols, patch_size, channels).transpose(0, 2, 1, 3, 4)
+    patches = pixels_hwc.reshape(rows, patch_size, cols, patch_size, channels).swapaxes(1, 2)
     return patches.reshape(rows * cols, patch_size * patch_size * channels)
 
 
@@ -134,7 +134,7 @@ class PixelBatch:
     def model_inputs(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         pixels = self.pixel_values
         on_cuda = device.type == "cuda"
-        if on_cuda:  # page-locked host memory: an asynchronous DMA copy
+        if on_cuda and not pixels.is_cuda:  # page-locked host memory: an asynchronous DMA copy
             pixels = pixels.pin_memory()
         pixels = pixels.to(device, non_blocking=on_cuda)
         mean, std = _channel_values(tuple(self.image_mean), device), _channel_values(tuple(self.image_std), device)
@@ -151,9 +151,10 @@ class PixelBatch:
 
 @dataclass
 class PreparedImage:
-    """One preprocessed image, uint8: fixed (3, H, W) pixels, or NaFlex (max_num_patches, p*p*3) patches."""
+    """One preprocessed image, uint8: fixed (3, H, W) pixels, or NaFlex (max_num_patches, p*p*3) patches;
+    a numpy array, or a tensor already on the model's device (device_decode)."""
 
-    array: np.ndarray
+    array: np.ndarray | torch.Tensor
     grid: PatchGrid
 
 
@@ -183,15 +184,19 @@ class ImagePreprocessor:
             return tuple(self.image_size)
         return naflex_size(height, width, self.patch_size, self.max_num_patches)
 
+    def grid_for(self, height: int, width: int) -> PatchGrid:
+        """How an image of (height, width) is laid out for the model."""
+        target_h, target_w = self.target_size(height, width)
+        rows, cols = target_h // self.patch_size, target_w // self.patch_size
+        return PatchGrid(height, width, target_h, target_w, self.patch_size, rows, cols,
+                         self.max_num_patches if self.arch == "naflex" else rows * cols)
+
     def __call__(self, image: Image.Image, original_size: tuple[int, int] | None = None) -> PreparedImage:
         """`original_size`: the full (height, width) when `image` was decoded at reduced scale, so that the
         patch grid, and the size recorded for the image, are those of the full image."""
-        height, width = original_size or (image.height, image.width)
-        target_h, target_w = self.target_size(height, width)
-        pixels = np.asarray(resize(image, target_h, target_w, self.resample), dtype=np.uint8)  # (H, W, 3)
-        rows, cols = target_h // self.patch_size, target_w // self.patch_size
-        grid = PatchGrid(height, width, target_h, target_w, self.patch_size, rows, cols,
-                         self.max_num_patches if self.arch == "naflex" else rows * cols)
+        grid = self.grid_for(*(original_size or (image.height, image.width)))
+        pixels = np.asarray(resize(image, grid.resized_height, grid.resized_width, self.resample),
+                            dtype=np.uint8)  # (H, W, 3)
         if self.arch == "fixed":
             return PreparedImage(np.ascontiguousarray(pixels.transpose(2, 0, 1)), grid)
         patches = np.zeros((self.max_num_patches, self.patch_size**2 * 3), dtype=np.uint8)
@@ -199,7 +204,9 @@ class ImagePreprocessor:
         return PreparedImage(patches, grid)
 
     def collate(self, prepared: list[PreparedImage]) -> PixelBatch:
-        pixel_values = torch.from_numpy(np.stack([p.array for p in prepared]))
+        arrays = [p.array for p in prepared]
+        # numpy's stack copies uint8 arrays about twice as fast as torch's on a CPU
+        pixel_values = torch.stack(arrays) if isinstance(arrays[0], torch.Tensor) else torch.from_numpy(np.stack(arrays))
         grids = [p.grid for p in prepared]
         recipe = dict(rescale_factor=self.rescale_factor, image_mean=tuple(self.image_mean),
                       image_std=tuple(self.image_std))

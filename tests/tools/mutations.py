@@ -120,6 +120,18 @@ MUTATIONS = [
     Mutation("load_model(compile=True) runs eagerly", "engine/model/loading.py",
              "quantization=INT8 if int8 else None, compiled=compile,", "quantization=INT8 if int8 else None,",
              ("tests/test_encode.py",)),
+    Mutation("device decoding: EXIF orientation 6 and 8 swapped", "engine/model/device_decode.py",
+             "return torch.rot90(pixels, -1, (-2, -1))", "return torch.rot90(pixels, 1, (-2, -1))",
+             ("tests/test_device_decode.py",)),
+    Mutation("device decoding: truncated JPEGs sent to the device", "engine/model/device_decode.py",
+             'if not data.startswith(b"\\xff\\xd8") or not data.rstrip(b"\\0").endswith(b"\\xff\\xd9"):',
+             'if not data.startswith(b"\\xff\\xd8"):', ("tests/test_device_decode.py",)),
+    Mutation("device decoding: one 2-D resize instead of PIL's two rounded passes", "engine/model/device_decode.py",
+             "for size in ((values.shape[-2], width), (height, width)):", "for size in ((height, width),):",
+             ("tests/test_device_decode.py",)),
+    Mutation("device decoding: a refused batch is not retried with PIL", "engine/index/build.py",
+             "            if image is None:\n                try:", "            if False:\n                try:",
+             ("tests/test_device_decode.py",)),
 ]
 
 

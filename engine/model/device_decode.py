@@ -1,0 +1,197 @@
+"""JPEG files decoded, oriented and resized on a CUDA device: nvJPEG (the hardware JPEG engines of an
+A100 or H100) through torchvision, where it is installed.
+
+A GPU encodes B/16 images several times faster than 16 CPU cores decode camera photos, so on a GPU the
+index build hands JPEG bytes to the device instead. Only what nvJPEG reads as PIL does takes this path:
+complete RGB or grayscale JPEGs within Pillow's pixel limit (EXIF orientation is applied here, with
+PIL's transposes). Everything else, and any batch the decoder refuses, is decoded by PIL as before, with
+its specific error reasons. Resizing uses torch's antialiased bilinear or bicubic filter in PIL's two
+passes, within two levels of PIL's result and mostly equal to it (tests/test_device_decode.py).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from PIL import ExifTags, Image
+
+from .images import MAX_IMAGE_PIXELS
+from .preprocess import ImagePreprocessor, PreparedImage, patchify
+
+DEVICE_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL filter number -> torch's antialiased equivalent
+# Full-size decoded pixels held on the device at once (per decode call): 256 MP is 768 MB of uint8 RGB.
+MAX_DECODED_PIXELS = 256_000_000
+
+JpegDecoder = Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]]  # bytes -> (3, H, W) uint8 each
+
+
+@dataclass(frozen=True)
+class DeviceJpeg:
+    """A JPEG file's bytes and what its header says, for decoding on the device."""
+
+    data: bytes
+    height: int  # as stored, before EXIF orientation
+    width: int
+    orientation: int  # EXIF orientation, 1 to 8
+
+    @property
+    def full_size(self) -> tuple[int, int]:
+        """(height, width) after orientation."""
+        return (self.width, self.height) if self.orientation in (5, 6, 7, 8) else (self.height, self.width)
+
+
+_FRAMES = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman frames: what nvJPEG decodes
+_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # markers without a length
+_TABLES = {0xC4, 0xDB, 0xDD, 0xFE, *range(0xE0, 0xF0)}  # Huffman, quantisation, restart, comment, APPn
+
+
+def device_jpeg(data: bytes) -> DeviceJpeg | None:
+    """The header of a JPEG the device can decode as PIL would, or None (PIL decodes it).
+
+    The markers are walked here rather than by `Image.open`, which parses every table in Python (about
+    90 µs a file, more than the rest of reading it); only the EXIF block is read by PIL.
+    tests/test_device_decode.py checks the walk against PIL on intact and damaged headers.
+    Anything unusual goes to PIL: truncated files (no end-of-image marker; PIL reports them, nvJPEG might
+    fill them in), CMYK and Adobe-transformed colour, 12-bit, arithmetic or lossless coding, orientation
+    in XMP, and images over Pillow's pixel limit."""
+    if not data.startswith(b"\xff\xd8") or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None
+    position, orientation, exif = 2, 1, False
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _STANDALONE:
+            position += 2
+            continue
+        end = position + 2 + int.from_bytes(data[position + 2:position + 4], "big")
+        segment = data[position + 4:end]
+        if marker == 0xE1 and segment.startswith(b"Exif\0\0") and not exif:  # PIL reads the first
+            orientation, exif = _exif_orientation(segment), True
+        elif marker == 0xE1 and b"Orientation" in segment or marker == 0xEE and segment.startswith(b"Adobe"):
+            return None
+        elif marker in _FRAMES:
+            if len(segment) < 6 or segment[0] != 8 or segment[5] not in (1, 3) or orientation is None:
+                return None
+            height, width = int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
+            if not 0 < width * height <= MAX_IMAGE_PIXELS:
+                return None
+            return DeviceJpeg(data, height, width, orientation)
+        elif marker not in _TABLES:
+            return None  # another kind of frame, image data before any frame header, or damage
+        position = end
+    return None
+
+
+def _exif_orientation(exif: bytes) -> int | None:
+    """The Orientation tag as PIL reads it from an EXIF segment (1 when absent), or None when PIL cannot."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns of corrupt EXIF data and then goes on without it
+            data = Image.Exif()
+            data.load(exif)
+            orientation = data.get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - PIL decides what it cannot read
+        return None
+    return orientation if orientation in range(1, 9) else None
+
+
+def orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
+    """(C, H, W) turned as PIL's `ImageOps.exif_transpose` turns an image with this EXIF orientation."""
+    if orientation == 2:
+        return pixels.flip(-1)
+    if orientation == 3:
+        return pixels.flip(-2, -1)
+    if orientation == 4:
+        return pixels.flip(-2)
+    if orientation == 5:
+        return pixels.transpose(-2, -1)
+    if orientation == 6:
+        return torch.rot90(pixels, -1, (-2, -1))
+    if orientation == 7:
+        return pixels.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:
+        return torch.rot90(pixels, 1, (-2, -1))
+    return pixels
+
+
+def resize_pixels(pixels: torch.Tensor, height: int, width: int, resample: int) -> torch.Tensor:
+    """(n, C, H, W) uint8 -> (n, C, height, width) uint8, antialiased as PIL's filter `resample`.
+
+    Like PIL, across then down, rounding to whole levels in between: one 2-D pass differs from PIL by a
+    level in a fifth of the values, this in under a tenth of them at most (tests/test_device_decode.py)."""
+    values = pixels.float()
+    for size in ((values.shape[-2], width), (height, width)):
+        if tuple(values.shape[-2:]) != size:
+            values = torch.nn.functional.interpolate(values, size=size, mode=DEVICE_RESAMPLE[resample],
+                                                     antialias=True, align_corners=False).round_().clamp_(0, 255)
+    return values.to(torch.uint8)
+
+
+def torchvision_decoder() -> JpegDecoder | None:
+    """nvJPEG through torchvision, or None where torchvision is not installed."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return None
+
+    def decode(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+
+    return decode
+
+
+def device_decoder(device: torch.device, preprocessor: ImagePreprocessor) -> JpegDecoder | None:
+    """The decoder to use for `device` and this checkpoint's resize filter, or None (decode with PIL)."""
+    if device.type != "cuda" or preprocessor.resample not in DEVICE_RESAMPLE:
+        return None
+    return torchvision_decoder()
+
+
+def _chunks(jpegs: list[DeviceJpeg]) -> list[list[int]]:
+    """Positions of `jpegs` in groups of at most MAX_DECODED_PIXELS (at least one image each)."""
+    groups, pixels = [[]], 0
+    for position, jpeg in enumerate(jpegs):
+        if groups[-1] and pixels + jpeg.height * jpeg.width > MAX_DECODED_PIXELS:
+            groups.append([])
+            pixels = 0
+        groups[-1].append(position)
+        pixels += jpeg.height * jpeg.width
+    return groups
+
+
+def prepare_on_device(jpegs: list[DeviceJpeg], preprocessor: ImagePreprocessor, device: torch.device,
+                      decoder: JpegDecoder) -> list[PreparedImage]:
+    """Decode, orient and resize on `device`; arrays of the result stay there (uint8, as `collate` expects).
+
+    Raises whatever the decoder raises for a batch it cannot decode."""
+    prepared: list[PreparedImage | None] = [None] * len(jpegs)
+    for positions in _chunks(jpegs):
+        encoded = [torch.frombuffer(bytearray(jpegs[i].data), dtype=torch.uint8) for i in positions]
+        decoded = [orient(pixels, jpegs[i].orientation) for i, pixels in zip(positions, decoder(encoded, device))]
+        by_shape: dict[tuple, list[int]] = {}  # images of one shape are resized in one call
+        for k, (position, pixels) in enumerate(zip(positions, decoded)):
+            by_shape.setdefault(tuple(pixels.shape), []).append(k)
+        for members in by_shape.values():
+            grid = preprocessor.grid_for(*jpegs[positions[members[0]]].full_size)
+            resized = resize_pixels(torch.stack([decoded[k] for k in members]), grid.resized_height,
+                                    grid.resized_width, preprocessor.resample)
+            for k, pixels in zip(members, resized):
+                prepared[positions[k]] = PreparedImage(_model_layout(pixels, preprocessor, grid.num_patches), grid)
+        del decoded
+    return prepared
+
+
+def _model_layout(pixels_chw: torch.Tensor, preprocessor: ImagePreprocessor, num_patches: int) -> torch.Tensor:
+    """Fixed: (3, H, W) as it is; NaFlex: (max_num_patches, p*p*3) row-major patches, zero-padded."""
+    if preprocessor.arch == "fixed":
+        return pixels_chw
+    patches = pixels_chw.new_zeros((preprocessor.max_num_patches, preprocessor.patch_size**2 * 3))
+    patches[:num_patches] = patchify(pixels_chw.permute(1, 2, 0), preprocessor.patch_size)
+    return patches
