@@ -157,6 +157,8 @@ def photo_files(tmp_path_factory) -> list[Path]:
         path = folder / f"photo_{number}.jpg"
         path.write_bytes(jpeg_bytes(image.convert("L") if number == 5 else image, orientation))
         paths.append(path)
+    # decoded by PIL, after JPEGs in its batch: a batch of device tensors with a numpy array among them
+    random_image(120, 90, seed=49).save(folder / "photo_6.png")
     return paths
 
 
@@ -176,9 +178,10 @@ def test_device_decoded_index_matches_the_cpu_one(naflex_model, photo_files, tmp
     cpu = build_index(naflex_model, folder, "cpu", tmp_path, device_decode=False)
     monkeypatch.setattr(build_module, "device_decoder", lambda device, preprocessor: stored_pixels)
     device = build_index(naflex_model, folder, "device", tmp_path, batch_size=4)
-    assert (device.encoded, device.skipped) == (cpu.encoded, []) == (len(photo_files), [])
-    stored = {name: stored_by_path(name, tmp_path, photo_files, naflex_model.embed_dim) for name in ("cpu", "device")}
-    for path in photo_files:
+    assert (device.encoded, device.skipped) == (cpu.encoded, []) == (len(photo_files) + 1, [])
+    files = [*photo_files, folder / "photo_6.png"]
+    stored = {name: stored_by_path(name, tmp_path, files, naflex_model.embed_dim) for name in ("cpu", "device")}
+    for path in files:
         (cpu_size, cpu_vector), (device_size, device_vector) = stored["cpu"][path], stored["device"][path]
         assert cpu_size == device_size  # (width, height) after orientation
         assert float(cpu_vector @ device_vector) > 0.999, path.name

@@ -205,8 +205,11 @@ class ImagePreprocessor:
 
     def collate(self, prepared: list[PreparedImage]) -> PixelBatch:
         arrays = [p.array for p in prepared]
-        # numpy's stack copies uint8 arrays about twice as fast as torch's on a CPU
-        pixel_values = torch.stack(arrays) if isinstance(arrays[0], torch.Tensor) else torch.from_numpy(np.stack(arrays))
+        on_device = [a for a in arrays if isinstance(a, torch.Tensor)]
+        if on_device:  # decoded on the device, perhaps beside files PIL decoded (PNGs, refused JPEGs)
+            pixel_values = torch.stack([torch.as_tensor(a, device=on_device[0].device) for a in arrays])
+        else:  # numpy's stack copies uint8 arrays about twice as fast as torch's on a CPU
+            pixel_values = torch.from_numpy(np.stack(arrays))
         grids = [p.grid for p in prepared]
         recipe = dict(rescale_factor=self.rescale_factor, image_mean=tuple(self.image_mean),
                       image_std=tuple(self.image_std))
