@@ -8,6 +8,7 @@ exercised on the real (small) models. bench/gpu.sh runs the nvJPEG path itself o
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -84,9 +85,13 @@ def pil_header(data: bytes) -> tuple[int, int, int] | None:
         return None
 
 
-def with_segment(jpeg: bytes, marker: int, payload: bytes) -> bytes:
-    """`jpeg` with one more marker segment right after its start-of-image marker."""
-    return jpeg[:2] + bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
+def with_segment(jpeg: bytes, marker: int, payload: bytes, after_frame: bool = False) -> bytes:
+    """`jpeg` with one more marker segment, right after its start-of-image marker or after its frame header."""
+    at = 2
+    if after_frame:
+        frame = jpeg.index(b"\xff\xc0")
+        at = frame + 2 + int.from_bytes(jpeg[frame + 2:frame + 4], "big")
+    return jpeg[:at] + bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[at:]
 
 
 def big_endian_exif(orientation: int) -> bytes:
@@ -98,9 +103,12 @@ def big_endian_exif(orientation: int) -> bytes:
 def test_the_header_walk_agrees_with_pil():
     photo = random_image(40, 60, seed=1)
     plain = jpeg_bytes(photo)
-    accepted = [plain, jpeg_bytes(photo.convert("L")), jpeg_bytes(photo, progressive=True),
+    bare = io.BytesIO()
+    photo.save(bare, "JPEG")  # no EXIF segment at all
+    accepted = [plain, bare.getvalue(), jpeg_bytes(photo.convert("L")), jpeg_bytes(photo, progressive=True),
                 *(jpeg_bytes(photo, orientation) for orientation in range(2, 9)),
-                with_segment(plain, 0xE1, big_endian_exif(6)), plain + b"\0\0"]
+                with_segment(bare.getvalue(), 0xE1, big_endian_exif(6)),
+                with_segment(bare.getvalue(), 0xE1, big_endian_exif(8), after_frame=True), plain + b"\0\0"]
     for data in accepted:
         jpeg = device_jpeg(data)
         assert jpeg is not None and (jpeg.height, jpeg.width, jpeg.orientation) == pil_header(data)
@@ -140,10 +148,16 @@ def test_only_jpegs_that_decode_as_pil_does_go_to_the_device():
         assert device_jpeg(refused) is None
 
 
-def test_decoder_only_on_cuda_and_for_filters_it_matches(fixed_model, odd_models):
-    assert device_decoder(torch.device("cpu"), fixed_model.image_preprocessor) is None
-    nearest = fixed_model.image_preprocessor.__class__(**{**fixed_model.image_preprocessor.__dict__, "resample": 0})
-    assert device_decoder(torch.device("cuda"), nearest) is None  # no antialiased nearest filter in torch
+def test_decoder_only_on_cuda_and_for_filters_it_matches(fixed_model, odd_models, monkeypatch):
+    import engine.model.device_decode as device_decode
+
+    monkeypatch.setattr(device_decode, "torchvision_decoder", lambda: stored_pixels)  # as if installed
+    cuda = torch.device("cuda")
+    for model in (fixed_model, odd_models["fixed"]):  # bilinear and bicubic
+        assert device_decoder(cuda, model.image_preprocessor) is stored_pixels
+        assert device_decoder(torch.device("cpu"), model.image_preprocessor) is None
+    nearest = dataclasses.replace(fixed_model.image_preprocessor, resample=0)
+    assert device_decoder(cuda, nearest) is None  # no antialiased nearest filter in torch
 
 
 @pytest.fixture(scope="module")
@@ -181,10 +195,12 @@ def test_device_decoded_index_matches_the_cpu_one(naflex_model, photo_files, tmp
     assert (device.encoded, device.skipped) == (cpu.encoded, []) == (len(photo_files) + 1, [])
     files = [*photo_files, folder / "photo_6.png"]
     stored = {name: stored_by_path(name, tmp_path, files, naflex_model.embed_dim) for name in ("cpu", "device")}
-    for path in files:
-        (cpu_size, cpu_vector), (device_size, device_vector) = stored["cpu"][path], stored["device"][path]
+    cpu_vectors = np.stack([stored["cpu"][path][1] for path in files])
+    for row, path in enumerate(files):
+        (cpu_size, _), (device_size, device_vector) = stored["cpu"][path], stored["device"][path]
         assert cpu_size == device_size  # (width, height) after orientation
-        assert float(cpu_vector @ device_vector) > 0.999, path.name
+        cosines = cpu_vectors @ device_vector
+        assert cosines[row] > 0.999 and np.argmax(cosines) == row, path.name  # its own vector, no other
 
 
 def stored_by_path(name: str, index_dir: Path, paths: list[Path], dim: int) -> dict:
@@ -210,3 +226,53 @@ def test_a_refused_batch_is_decoded_by_pil_with_its_reasons(naflex_model, tmp_pa
     images = {name: expected[name] for name in expected if name != "drawing.svg"}
     check({name: reasons.get(name, "ok") for name in images}, images, "index build, device decoding refused")
     assert summary.files == sum(v == "ok" for v in images.values())
+
+
+class _CopyUnderWay:
+    """A CUDA event stand-in: the vectors' copy is never reported done before the build asks for them."""
+
+    def query(self) -> bool:
+        return False
+
+    def synchronize(self) -> None:
+        pass
+
+
+def test_the_batch_in_flight_is_stored_at_the_end_and_when_cancelled(naflex_model, tmp_path, monkeypatch):
+    from engine.model.encode import PendingVectors, start_pixel_batch
+    from test_index import make_folder
+
+    def as_on_a_gpu(model, prepared):  # the same vectors, still "on their way" as a GPU's would be
+        return PendingVectors(start_pixel_batch(model, prepared).vectors, _CopyUnderWay())
+
+    monkeypatch.setattr(build_module, "start_pixel_batch", as_on_a_gpu)
+    make_folder(tmp_path / "photos", count=40)
+    whole = build_index(naflex_model, tmp_path / "photos", "whole", tmp_path, batch_size=16)  # 16, 16, then 8
+    assert (whole.encoded, whole.images) == (40, 40)
+
+    def cancel_at_file_35(done: int, total: int) -> None:
+        if done == 35:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index(naflex_model, tmp_path / "photos", "cut", tmp_path, batch_size=32, progress=cancel_at_file_35)
+    with ImageIndex.open("cut", tmp_path) as index:
+        assert index.info().images == 32  # the first batch was still in flight at the cancel: stored
+
+
+def test_a_cpu_build_stores_each_batch_once_it_is_encoded(naflex_model, tmp_path):
+    """Nothing to overlap on a CPU (the encode returns when done), so no batch waits for the next one."""
+    from engine.index.catalog import Catalog
+    from test_index import make_folder
+
+    make_folder(tmp_path / "photos", count=40)
+    seen = {}
+
+    def count_stored_at_file_35(done: int, total: int) -> None:
+        if done == 35:
+            catalog = Catalog(tmp_path / "cpu" / "catalog.sqlite", readonly=True)
+            seen["stored"] = catalog.count_images()
+            catalog.close()
+
+    build_index(naflex_model, tmp_path / "photos", "cpu", tmp_path, batch_size=32, progress=count_stored_at_file_35)
+    assert seen["stored"] == 32

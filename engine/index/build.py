@@ -135,8 +135,9 @@ class FolderBuild:
         # machine (bench/gpu_build.py: 2,931 img/s against 2,494 with 8), more contend for the interpreter.
         workers = workers or (4 if self.decoder else None)
         try:
-            # decoding runs on while a batch is encoded: two batches ahead (a GPU's batches are large)
-            lookahead = max(64, 2 * self.batch_size)
+            # decoding runs on while a batch is encoded: two batches ahead (a GPU's batches are large); files
+            # for the device wait as whole JPEGs, so one batch ahead: about 2 × batch × file size in memory
+            lookahead = max(64, (1 if self.decoder else 2) * self.batch_size)
             for done, item in enumerate(ordered_parallel_map(read, todo, workers, lookahead), start=1):
                 self._take(item)
                 if len(self.pending) >= self.batch_size or len(self.links) + len(self.failures) >= 4 * self.batch_size:
@@ -145,6 +146,12 @@ class FolderBuild:
                     progress(done, len(todo))
             self.commit()
             self.store_in_flight()
+        except BaseException:  # a cancel, or a failure elsewhere: what was encoded is still stored
+            try:
+                self.store_in_flight()
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                log.exception("could not store the batch in flight after the build stopped")
+            raise
         finally:
             reader.close()
 
@@ -196,6 +203,8 @@ class FolderBuild:
         self.pending, self.links, self.failures = [], [], []
         self.store_in_flight()
         self.in_flight = batch
+        if started is None or started.done:  # nothing to overlap (a CPU encodes within the call): store now
+            self.store_in_flight()
 
     def store_in_flight(self) -> None:
         batch, self.in_flight = self.in_flight, None

@@ -11,7 +11,7 @@ passes, within two levels of PIL's result and mostly equal to it (tests/test_dev
 
 from __future__ import annotations
 
-import warnings
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,8 +22,9 @@ from .images import MAX_IMAGE_PIXELS
 from .preprocess import ImagePreprocessor, PreparedImage, patchify
 
 DEVICE_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL filter number -> torch's antialiased equivalent
-# Full-size decoded pixels held on the device at once (per decode call): 256 MP is 768 MB of uint8 RGB.
-MAX_DECODED_PIXELS = 256_000_000
+# Full-size decoded pixels per decode call: 128 MP is 384 MB of uint8 RGB, and about 2.3 GB of device memory
+# at the peak (the decoded images, a group stacked, and its float copy for resizing).
+MAX_DECODED_PIXELS = 128_000_000
 
 JpegDecoder = Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]]  # bytes -> (3, H, W) uint8 each
 
@@ -59,8 +60,8 @@ def device_jpeg(data: bytes) -> DeviceJpeg | None:
     in XMP, and images over Pillow's pixel limit."""
     if not data.startswith(b"\xff\xd8") or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
         return None
-    position, orientation, exif = 2, 1, False
-    while position + 4 <= len(data):
+    position, orientation, exif, frame = 2, 1, False, None
+    while position + 4 <= len(data):  # every segment up to the scan, as PIL reads them
         if data[position] != 0xFF:
             return None
         marker = data[position + 1]
@@ -70,33 +71,37 @@ def device_jpeg(data: bytes) -> DeviceJpeg | None:
         if marker in _STANDALONE:
             position += 2
             continue
+        if marker == 0xDA:  # start of scan: the headers are complete
+            break
         end = position + 2 + int.from_bytes(data[position + 2:position + 4], "big")
         segment = data[position + 4:end]
-        if marker == 0xE1 and segment.startswith(b"Exif\0\0") and not exif:  # PIL reads the first
+        if marker == 0xE1 and segment.startswith(b"Exif\0\0"):
+            if exif:
+                return None  # PIL joins a second EXIF segment to the first: let PIL read it
             orientation, exif = _exif_orientation(segment), True
         elif marker == 0xE1 and b"Orientation" in segment or marker == 0xEE and segment.startswith(b"Adobe"):
             return None
-        elif marker in _FRAMES:
-            if len(segment) < 6 or segment[0] != 8 or segment[5] not in (1, 3) or orientation is None:
-                return None
-            height, width = int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
-            if not 0 < width * height <= MAX_IMAGE_PIXELS:
-                return None
-            return DeviceJpeg(data, height, width, orientation)
+        elif marker in _FRAMES and frame is None:
+            frame = segment
         elif marker not in _TABLES:
-            return None  # another kind of frame, image data before any frame header, or damage
+            return None  # another kind of frame, a second frame header, or damage
         position = end
-    return None
+    else:
+        return None  # no scan
+    if frame is None or len(frame) < 6 or frame[0] != 8 or frame[5] not in (1, 3) or orientation is None:
+        return None
+    height, width = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big")
+    if not 0 < width * height <= MAX_IMAGE_PIXELS:
+        return None
+    return DeviceJpeg(data, height, width, orientation)
 
 
 def _exif_orientation(exif: bytes) -> int | None:
     """The Orientation tag as PIL reads it from an EXIF segment (1 when absent), or None when PIL cannot."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL warns of corrupt EXIF data and then goes on without it
-            data = Image.Exif()
-            data.load(exif)
-            orientation = data.get(ExifTags.Base.Orientation, 1)
+    try:  # (no warnings.catch_warnings here: it is not thread-safe, and the decoding threads rely on theirs)
+        data = Image.Exif()
+        data.load(exif)
+        orientation = data.get(ExifTags.Base.Orientation, 1)
     except Exception:  # noqa: BLE001 - PIL decides what it cannot read
         return None
     return orientation if orientation in range(1, 9) else None
@@ -166,13 +171,35 @@ def _chunks(jpegs: list[DeviceJpeg]) -> list[list[int]]:
     return groups
 
 
+@functools.lru_cache(maxsize=8)
+def _decoding_stream(device: torch.device) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)
+
+
 def prepare_on_device(jpegs: list[DeviceJpeg], preprocessor: ImagePreprocessor, device: torch.device,
                       decoder: JpegDecoder) -> list[PreparedImage]:
     """Decode, orient and resize on `device`; arrays of the result stay there (uint8, as `collate` expects).
 
-    Raises whatever the decoder raises for a batch it cannot decode."""
+    Raises whatever the decoder raises for a batch it cannot decode. On CUDA the work runs on a stream of
+    its own, which the caller's stream then waits for: nvJPEG writes its output from yet another stream,
+    so the memory it is given must not be memory that queued work (a batch still being encoded) may yet
+    read; this stream is idle before each decode, and its memory is not the encoder's."""
+    if device.type != "cuda":
+        return _prepare(jpegs, preprocessor, device, decoder, lambda: None)
+    stream, consumer = _decoding_stream(device), torch.cuda.current_stream(device)
+    with torch.cuda.stream(stream):
+        prepared = _prepare(jpegs, preprocessor, device, decoder, stream.synchronize)
+    consumer.wait_stream(stream)
+    for image in prepared:
+        image.array.record_stream(consumer)  # not reused by this stream until the consumer is done with it
+    return prepared
+
+
+def _prepare(jpegs: list[DeviceJpeg], preprocessor: ImagePreprocessor, device: torch.device,
+             decoder: JpegDecoder, before_decoding: Callable[[], None]) -> list[PreparedImage]:
     prepared: list[PreparedImage | None] = [None] * len(jpegs)
     for positions in _chunks(jpegs):
+        before_decoding()
         encoded = [torch.frombuffer(bytearray(jpegs[i].data), dtype=torch.uint8) for i in positions]
         decoded = [orient(pixels, jpegs[i].orientation) for i, pixels in zip(positions, decoder(encoded, device))]
         by_shape: dict[tuple, list[int]] = {}  # images of one shape are resized in one call

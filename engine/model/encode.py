@@ -105,6 +105,10 @@ class PendingVectors:
     vectors: torch.Tensor  # (n, dim) float32 on the host (page-locked while a CUDA copy is under way)
     copied: torch.cuda.Event | None = None
 
+    @property
+    def done(self) -> bool:
+        return self.copied is None or self.copied.query()
+
     def result(self) -> np.ndarray:
         if self.copied is not None:
             self.copied.synchronize()
@@ -119,11 +123,12 @@ def start_pixel_batch(model: LoadedModel, prepared: list[PreparedImage]) -> Pend
     features = model.image_features(**batch.model_inputs(model.device, model.dtype)).float()
     features = torch.nn.functional.normalize(features, dim=-1)
     if not features.is_cuda:
-        return PendingVectors(features)
-    host = torch.empty(features.shape, dtype=torch.float32, pin_memory=True)
-    host.copy_(features, non_blocking=True)
-    copied = torch.cuda.Event()
-    copied.record()
+        return PendingVectors(features.cpu())  # MPS and XLA tensors too
+    with torch.cuda.device(features.device):  # the copy and its event on the features' own device
+        host = torch.empty(features.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(features, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record(torch.cuda.current_stream(features.device))
     return PendingVectors(host, copied)
 
 

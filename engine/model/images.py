@@ -151,7 +151,7 @@ def read_file_bytes(path: str | os.PathLike) -> tuple[bytes, str]:
     Non-blocking, so that a named pipe is refused instead of waited on."""
     name = str(path)
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except PermissionError:
         raise ImageReadError(name, "permission denied") from None
     except OSError as error:

@@ -132,6 +132,14 @@ MUTATIONS = [
     Mutation("device decoding: a refused batch is not retried with PIL", "engine/index/build.py",
              "            if image is None:\n                try:", "            if False:\n                try:",
              ("tests/test_device_decode.py",)),
+    Mutation("pipelined build: the batch in flight dropped when a build stops", "engine/index/build.py",
+             "            try:\n                self.store_in_flight()\n            except Exception:",
+             "            try:\n                pass\n            except Exception:", ("tests/test_device_decode.py",)),
+    Mutation("pipelined build: the last batch never stored", "engine/index/build.py",
+             "            self.commit()\n            self.store_in_flight()\n        except BaseException:",
+             "            self.commit()\n        except BaseException:", ("tests/test_device_decode.py",)),
+    Mutation("pipelined build: a CPU's finished batch kept back", "engine/index/build.py",
+             "if started is None or started.done:", "if started is None:", ("tests/test_device_decode.py",)),
 ]
 
 
