@@ -276,3 +276,25 @@ def test_a_cpu_build_stores_each_batch_once_it_is_encoded(naflex_model, tmp_path
 
     build_index(naflex_model, tmp_path / "photos", "cpu", tmp_path, batch_size=32, progress=count_stored_at_file_35)
     assert seen["stored"] == 32
+
+
+def test_one_bad_jpeg_leaves_the_rest_of_its_batch_on_the_device(naflex_model, photo_files, tmp_path, monkeypatch):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for path in photo_files:
+        (folder / path.name).write_bytes(path.read_bytes())
+    bogus = bytearray(jpeg_bytes(random_image(60, 80, seed=9)))
+    table = bogus.index(b"\xff\xc4")
+    bogus[table + 5:table + 21] = bytes([255] * 16)
+    (folder / "photo_3b.jpg").write_bytes(bogus)  # its header passes; the stand-in decoder (PIL) refuses it
+    on_device = []
+
+    def counting(encoded, device):
+        decoded = stored_pixels(encoded, device)
+        on_device.extend(decoded)
+        return decoded
+
+    monkeypatch.setattr(build_module, "device_decoder", lambda device, preprocessor: counting)
+    summary = build_index(naflex_model, folder, "mixed", tmp_path / "indexes", batch_size=8)
+    assert [(Path(path).name, "corrupt" in reason) for path, reason in summary.skipped] == [("photo_3b.jpg", True)]
+    assert summary.encoded == len(photo_files) and len(on_device) == len(photo_files)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import ImageReadError, IndexStoreError
 from ..faults import crash_point
-from ..model.device_decode import DeviceJpeg, JpegDecoder, device_decoder, device_jpeg, prepare_on_device
+from ..model.device_decode import DeviceJpeg, JpegDecoder, device_decoder, device_jpeg, prepare_what_decodes
 from ..model.encode import (PendingVectors, ProgressCallback, decode_target, ordered_parallel_map,
                             start_pixel_batch)
 from ..model.images import IMAGE_EXTENSIONS, FileState, decode_image_bytes, read_file_bytes, scan_folder
@@ -171,17 +171,13 @@ class FolderBuild:
         return self.model.image_preprocessor(image, full_size)
 
     def _prepare_on_device(self) -> None:
-        """Decode the pending JPEGs on the device; if it refuses the batch, decode them with PIL one by one,
-        which reports the file at fault with its reason."""
+        """Decode the pending JPEGs on the device; the files it refuses are decoded by PIL, which reports the
+        ones at fault with their reasons."""
         waiting = [r for r in self.pending if r.jpeg is not None]
         if not waiting:
             return
-        try:
-            prepared = prepare_on_device([r.jpeg for r in waiting], self.model.image_preprocessor,
-                                         self.model.device, self.decoder)
-        except Exception as error:  # noqa: BLE001 - every file is tried again on the CPU
-            log.warning("device JPEG decoding refused a batch of %d (%s); decoding it with PIL", len(waiting), error)
-            prepared = [None] * len(waiting)
+        prepared = prepare_what_decodes([r.jpeg for r in waiting], self.model.image_preprocessor,
+                                        self.model.device, self.decoder)
         for read, image in zip(waiting, prepared):
             read.image, jpeg, read.jpeg = image, read.jpeg, None
             if image is None:

@@ -4,7 +4,7 @@ A100 or H100) through torchvision, where it is installed.
 A GPU encodes B/16 images several times faster than 16 CPU cores decode camera photos, so on a GPU the
 index build hands JPEG bytes to the device instead. Only what nvJPEG reads as PIL does takes this path:
 complete RGB or grayscale JPEGs within Pillow's pixel limit (EXIF orientation is applied here, with
-PIL's transposes). Everything else, and any batch the decoder refuses, is decoded by PIL as before, with
+PIL's transposes). Everything else, and every file the decoder refuses, is decoded by PIL as before, with
 its specific error reasons. Resizing uses torch's antialiased bilinear or bicubic filter in PIL's two
 passes, within two levels of PIL's result and mostly equal to it (tests/test_device_decode.py).
 """
@@ -12,6 +12,7 @@ passes, within two levels of PIL's result and mostly equal to it (tests/test_dev
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ from PIL import ExifTags, Image
 
 from .images import MAX_IMAGE_PIXELS
 from .preprocess import ImagePreprocessor, PreparedImage, patchify
+
+log = logging.getLogger(__name__)
 
 DEVICE_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL filter number -> torch's antialiased equivalent
 # Full-size decoded pixels per decode call: 128 MP is 384 MB of uint8 RGB, and about 2.3 GB of device memory
@@ -193,6 +196,21 @@ def prepare_on_device(jpegs: list[DeviceJpeg], preprocessor: ImagePreprocessor, 
     for image in prepared:
         image.array.record_stream(consumer)  # not reused by this stream until the consumer is done with it
     return prepared
+
+
+def prepare_what_decodes(jpegs: list[DeviceJpeg], preprocessor: ImagePreprocessor, device: torch.device,
+                         decoder: JpegDecoder) -> list[PreparedImage | None]:
+    """`prepare_on_device`, with None for the images the decoder refuses: a refused batch is halved until
+    the files at fault are alone (one bad file costs about twice the batch's decoding, not the batch)."""
+    try:
+        return prepare_on_device(jpegs, preprocessor, device, decoder)
+    except Exception as error:  # noqa: BLE001 - the caller decodes refused files with PIL, which says why
+        if len(jpegs) == 1:
+            log.info("the device refused a JPEG (%s)", error)
+            return [None]
+    half = len(jpegs) // 2
+    return (prepare_what_decodes(jpegs[:half], preprocessor, device, decoder)
+            + prepare_what_decodes(jpegs[half:], preprocessor, device, decoder))
 
 
 def _prepare(jpegs: list[DeviceJpeg], preprocessor: ImagePreprocessor, device: torch.device,

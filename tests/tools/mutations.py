@@ -140,6 +140,8 @@ MUTATIONS = [
              "            self.commit()\n        except BaseException:", ("tests/test_device_decode.py",)),
     Mutation("pipelined build: a CPU's finished batch kept back", "engine/index/build.py",
              "if started is None or started.done:", "if started is None:", ("tests/test_device_decode.py",)),
+    Mutation("device decoding: a refused batch sent whole to PIL", "engine/model/device_decode.py",
+             "    half = len(jpegs) // 2\n", "    return [None] * len(jpegs)\n", ("tests/test_device_decode.py",)),
 ]
 
 
