@@ -151,13 +151,18 @@ def test_only_jpegs_that_decode_as_pil_does_go_to_the_device():
 def test_decoder_only_on_cuda_and_for_filters_it_matches(fixed_model, odd_models, monkeypatch):
     import engine.model.device_decode as device_decode
 
-    monkeypatch.setattr(device_decode, "torchvision_decoder", lambda: stored_pixels)  # as if installed
+    def on_the_host(encoded, device):  # as if installed (this machine has no CUDA device to decode onto)
+        return stored_pixels(encoded, torch.device("cpu"))
+
+    monkeypatch.setattr(device_decode, "torchvision_decoder", lambda: on_the_host)
     cuda = torch.device("cuda")
     for model in (fixed_model, odd_models["fixed"]):  # bilinear and bicubic
-        assert device_decoder(cuda, model.image_preprocessor) is stored_pixels
+        assert device_decoder(cuda, model.image_preprocessor) is on_the_host
         assert device_decoder(torch.device("cpu"), model.image_preprocessor) is None
     nearest = dataclasses.replace(fixed_model.image_preprocessor, resample=0)
     assert device_decoder(cuda, nearest) is None  # no antialiased nearest filter in torch
+    monkeypatch.setattr(device_decode, "torchvision_decoder", lambda: refusing)  # e.g. built without nvJPEG
+    assert device_decoder(cuda, fixed_model.image_preprocessor) is None
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +303,19 @@ def test_one_bad_jpeg_leaves_the_rest_of_its_batch_on_the_device(naflex_model, p
     summary = build_index(naflex_model, folder, "mixed", tmp_path / "indexes", batch_size=8)
     assert [(Path(path).name, "corrupt" in reason) for path, reason in summary.skipped] == [("photo_3b.jpg", True)]
     assert summary.encoded == len(photo_files) and len(on_device) == len(photo_files)
+
+
+def test_a_decoder_that_refuses_every_file_is_given_up(naflex_model, tmp_path, monkeypatch):
+    from test_index import make_folder
+
+    calls = []
+
+    def refusing_all(encoded, device):
+        calls.append(len(encoded))
+        raise RuntimeError("decode_jpegs_cuda: torchvision not compiled with nvJPEG support")
+
+    make_folder(tmp_path / "photos", count=24)
+    monkeypatch.setattr(build_module, "device_decoder", lambda device, preprocessor: refusing_all)
+    summary = build_index(naflex_model, tmp_path / "photos", "given-up", tmp_path, batch_size=8)
+    assert (summary.encoded, summary.skipped) == (24, [])  # all decoded by PIL
+    assert len(calls) == 2 * 8 - 1  # the first batch halved down to single files, then no more tries

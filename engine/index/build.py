@@ -178,6 +178,9 @@ class FolderBuild:
             return
         prepared = prepare_what_decodes([r.jpeg for r in waiting], self.model.image_preprocessor,
                                         self.model.device, self.decoder)
+        if len(waiting) >= 8 and all(image is None for image in prepared):  # the decoder, not the files
+            log.warning("the device refused all %d JPEGs of a batch; decoding with PIL from now on", len(waiting))
+            self.decoder = None
         for read, image in zip(waiting, prepared):
             read.image, jpeg, read.jpeg = image, read.jpeg, None
             if image is None:
@@ -195,10 +198,10 @@ class FolderBuild:
         failures in one transaction): on a GPU the device encodes one batch while the host stores the last."""
         self._prepare_on_device()
         started = start_pixel_batch(self.model, [r.image for r in self.pending]) if self.pending else None
-        batch = _Batch(self.pending, started, self.links, self.failures)
+        previous, self.in_flight = self.in_flight, _Batch(self.pending, started, self.links, self.failures)
         self.pending, self.links, self.failures = [], [], []
-        self.store_in_flight()
-        self.in_flight = batch
+        if previous is not None:  # (if storing it fails, the batch just started is still stored on the way out)
+            self._store(previous)
         if started is None or started.done:  # nothing to overlap (a CPU encodes within the call): store now
             self.store_in_flight()
 

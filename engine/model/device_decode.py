@@ -12,6 +12,7 @@ passes, within two levels of PIL's result and mostly equal to it (tests/test_dev
 from __future__ import annotations
 
 import functools
+import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -156,10 +157,24 @@ def torchvision_decoder() -> JpegDecoder | None:
 
 
 def device_decoder(device: torch.device, preprocessor: ImagePreprocessor) -> JpegDecoder | None:
-    """The decoder to use for `device` and this checkpoint's resize filter, or None (decode with PIL)."""
+    """The decoder to use for `device` and this checkpoint's resize filter, or None (decode with PIL).
+
+    Tried once on a tiny JPEG first: a torchvision built without nvJPEG would otherwise fail every batch."""
     if device.type != "cuda" or preprocessor.resample not in DEVICE_RESAMPLE:
         return None
-    return torchvision_decoder()
+    decoder = torchvision_decoder()
+    if decoder is None:
+        return None
+    sample = io.BytesIO()
+    Image.new("RGB", (16, 8), (200, 30, 90)).save(sample, "JPEG")
+    try:
+        (pixels,) = decoder([torch.frombuffer(bytearray(sample.getvalue()), dtype=torch.uint8)], device)
+        if tuple(pixels.shape) != (3, 8, 16):
+            raise ValueError(f"decoded to shape {tuple(pixels.shape)}")
+    except Exception as error:  # noqa: BLE001 - any failure here means: decode with PIL
+        log.warning("JPEG decoding on %s is not available (%s); decoding with PIL on the CPU", device, error)
+        return None
+    return decoder
 
 
 def _chunks(jpegs: list[DeviceJpeg]) -> list[list[int]]:

@@ -118,6 +118,14 @@ def patchify(pixels_hwc, patch_size: int):
 # --- batches ---------------------------------------------------------------------------------------
 
 
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """To `device`; from the host to a GPU through page-locked memory, a copy that does not wait for the
+    work already queued there (a batch still being encoded)."""
+    if device.type == "cuda" and not tensor.is_cuda:
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 @dataclass
 class PixelBatch:
     """A batch of images as uint8 values, plus each image's patch grid; `model_inputs` makes the model's
@@ -132,21 +140,17 @@ class PixelBatch:
     spatial_shapes: torch.Tensor | None = None  # NaFlex: (n, 2) rows, cols
 
     def model_inputs(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        pixels = self.pixel_values
-        on_cuda = device.type == "cuda"
-        if on_cuda and not pixels.is_cuda:  # page-locked host memory: an asynchronous DMA copy
-            pixels = pixels.pin_memory()
-        pixels = pixels.to(device, non_blocking=on_cuda)
+        pixels = _to_device(self.pixel_values, device)
         mean, std = _channel_values(tuple(self.image_mean), device), _channel_values(tuple(self.image_std), device)
         if self.pixel_attention_mask is None:  # (n, 3, H, W)
             values = standardize(pixels, self.rescale_factor, mean.view(3, 1, 1), std.view(3, 1, 1))
             return {"pixel_values": values.to(dtype)}
         n, length, width = pixels.shape  # channels last within a patch
         values = standardize(pixels.view(n, length, width // 3, 3), self.rescale_factor, mean, std).view(n, length, width)
-        mask = self.pixel_attention_mask.to(device)
+        mask = _to_device(self.pixel_attention_mask, device)
         values = torch.where(mask[..., None].bool(), values, 0.0)  # padding patches are zeros, as the processor's
         return {"pixel_values": values.to(dtype), "pixel_attention_mask": mask,
-                "spatial_shapes": self.spatial_shapes.to(device)}
+                "spatial_shapes": _to_device(self.spatial_shapes, device)}
 
 
 @dataclass
@@ -207,7 +211,8 @@ class ImagePreprocessor:
         arrays = [p.array for p in prepared]
         on_device = [a for a in arrays if isinstance(a, torch.Tensor)]
         if on_device:  # decoded on the device, perhaps beside files PIL decoded (PNGs, refused JPEGs)
-            pixel_values = torch.stack([torch.as_tensor(a, device=on_device[0].device) for a in arrays])
+            device = on_device[0].device
+            pixel_values = torch.stack([_to_device(torch.as_tensor(a), device) for a in arrays])
         else:  # numpy's stack copies uint8 arrays about twice as fast as torch's on a CPU
             pixel_values = torch.from_numpy(np.stack(arrays))
         grids = [p.grid for p in prepared]

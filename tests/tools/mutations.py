@@ -142,6 +142,8 @@ MUTATIONS = [
              "if started is None or started.done:", "if started is None:", ("tests/test_device_decode.py",)),
     Mutation("device decoding: a refused batch sent whole to PIL", "engine/model/device_decode.py",
              "    half = len(jpegs) // 2\n", "    return [None] * len(jpegs)\n", ("tests/test_device_decode.py",)),
+    Mutation("device decoding: a decoder that refuses everything kept on", "engine/index/build.py",
+             "            self.decoder = None\n", "            pass\n", ("tests/test_device_decode.py",)),
 ]
 
 
