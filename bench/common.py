@@ -78,3 +78,17 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     return time.perf_counter() - start, result
+
+
+def build_line(model, folder: Path, batch: int, workers: int | None = None, device_decode: bool = False) -> str:
+    """`build_index` of `folder` into a fresh temporary index (every image encoded), as one line of figures."""
+    import tempfile
+
+    from engine.index.build import build_index
+
+    with tempfile.TemporaryDirectory() as index_dir:
+        summary = build_index(model, folder, "bench", index_dir, batch_size=batch, workers=workers,
+                              device_decode=device_decode)
+    decoded_by = "nvJPEG on the device" if device_decode else "PIL in threads"
+    return (f"JPEG files → index, batch {batch}, {workers or 'default'} threads, decoded by {decoded_by}: "
+            f"{summary.rate:,.0f} img/s ({summary.encoded} images, {summary.seconds:.2f} s)")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from bench.common import checkpoint, machine, photos, timed  # noqa: E402
+from bench.common import build_line, checkpoint, machine, photos, timed  # noqa: E402
 
 TEXTS = ["a photo of a cat", "ein foto von einem hund im park", "a red car parked on the street at night",
          "一只猫坐在沙发上", "une photo d'un chat sur le canapé", "a bowl of fruit on a wooden table"] * 4
@@ -241,7 +241,6 @@ def gpu_throughput(args, arch: str, size: str) -> None:
     import torch
 
     from engine import load_model
-    from engine.index.build import build_index
     from engine.model.device_decode import device_decoder
     from engine.model.encode import embed_pixel_batch
     from engine.model.images import open_image
@@ -286,15 +285,11 @@ def gpu_throughput(args, arch: str, size: str) -> None:
     decoder = device_decoder(model.device, model.image_preprocessor)
     if decoder:
         print(f"{label}: {device_decode_rate(model, paths, decoder, build_batch, sync)}", flush=True)
-    builds = [("PIL in threads", "", False)] + [("nvJPEG on the device", suffix, True) for suffix in variants
-                                                 if decoder]
-    for decoded_by, suffix, device_decode in builds:
+    builds = [("", False)] + [(suffix, True) for suffix in variants if decoder]
+    for suffix, device_decode in builds:
         embed_pixel_batch(variants[suffix], prepared[:build_batch])  # a compiled model compiles for this size now
-        with tempfile.TemporaryDirectory() as index_dir:
-            summary = build_index(variants[suffix], paths[0].parent, "bench", index_dir, batch_size=build_batch,
-                                  workers=args.workers or None, device_decode=device_decode)
-        print(f"{label}{suffix}: JPEG files → index, batch {build_batch}, decoded by {decoded_by}: "
-              f"{summary.rate:,.0f} img/s ({summary.encoded} images, {summary.seconds:.1f} s)", flush=True)
+        line = build_line(variants[suffix], paths[0].parent, build_batch, args.workers or None, device_decode)
+        print(f"{label}{suffix}: {line}", flush=True)
     if not decoder and on_gpu:
         print(f"{label}: no device JPEG decoding (torchvision not installed)", flush=True)
 

@@ -17,7 +17,7 @@ python3 -c "import torch, transformers, faiss, PIL; print('torch', torch.__versi
 python3 -c "import torchvision; print('torchvision', torchvision.__version__, '(nvJPEG decoding)')" 2>/dev/null \
     || echo "no torchvision: JPEGs are decoded by PIL on the CPU (pip download torchvision matching torch into .whl/)"
 # COMPILE=1: every line again with torch.compile (load_model(compile=True)); about a minute more per model.
-# On the H100, 2026-11-26, B/16 fixed ran at 10,908-11,035 img/s compiled (through the benchmark's earlier
-# wrapper) against 7,064-7,190 eager.
+# On the H100, 2026-11-26, B/16 fixed ran at 11,150 img/s compiled against 7,146 eager in one run; NaFlex
+# and the index builds gained nothing.
 python3 bench/encode.py --device cuda --throughput --arch fixed,naflex --size "${SIZES:-base,large,so400m}" \
     --images "$images" $([ "${COMPILE:-0}" = 1 ] && echo --compile)

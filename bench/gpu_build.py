@@ -4,13 +4,11 @@ Needs a CUDA device and torchvision (bench/gpu.sh installs wheels carried in .wh
     python bench/gpu_build.py [IMAGES=8192]
 """
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, ".")
-from bench.common import checkpoint, machine, photos
+from bench.common import build_line, checkpoint, machine, photos
 from engine import load_model
-from engine.index.build import build_index
 from engine.model.device_decode import device_decoder, device_jpeg, prepare_on_device
 from engine.model.encode import embed_pixel_batch, ordered_parallel_map
 from engine.model.images import read_file_bytes
@@ -31,13 +29,11 @@ for workers in (2, 4, 8):
 for arch in ("fixed", "naflex"):
     model = load_model(str(checkpoint(arch, "base")), device="cuda", dtype="bf16")
     decoder = device_decoder(model.device, model.image_preprocessor)
+    if decoder is None:
+        sys.exit("no JPEG decoding on this device (a CUDA device and torchvision are needed)")
     warm = [device_jpeg(p.read_bytes()) for p in paths[:512]]
     embed_pixel_batch(model, prepare_on_device(warm, model.image_preprocessor, model.device, decoder))
     runs = [(False, 8), (True, 2), (True, 4), (True, 8)] if arch == "fixed" else [(False, 8), (True, 4)]
     for device_decode, workers in runs:
-        with tempfile.TemporaryDirectory() as folder:
-            summary = build_index(model, paths[0].parent, "b", folder, batch_size=512, workers=workers,
-                                  device_decode=device_decode)
-        print(f"B/16 {arch} {model.image_setting} bf16: JPEG files → index, batch 512, {workers} threads, decoded by "
-              f"{'nvJPEG on the device' if device_decode else 'PIL in threads'}: {summary.rate:,.0f} img/s "
-              f"({summary.encoded} images, {summary.seconds:.2f} s)", flush=True)
+        line = build_line(model, paths[0].parent, 512, workers, device_decode)
+        print(f"B/16 {arch} {model.image_setting} bf16: {line}", flush=True)

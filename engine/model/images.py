@@ -155,10 +155,8 @@ def read_file_bytes(path: str | os.PathLike) -> tuple[bytes, str]:
     except PermissionError:
         raise ImageReadError(name, "permission denied") from None
     except OSError as error:
-        if os.path.islink(path) and not os.path.exists(path):
-            raise ImageReadError(name, "broken symbolic link") from None
-        reason = "file not found" if isinstance(error, FileNotFoundError) else f"cannot be read ({error.strerror})"
-        raise ImageReadError(name, reason) from None
+        _check_file(Path(path), name)  # names a missing file or a broken link
+        raise ImageReadError(name, f"cannot be read ({error.strerror or error})") from None
     try:
         info = os.fstat(descriptor)
         if stat.S_ISDIR(info.st_mode):

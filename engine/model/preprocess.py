@@ -209,9 +209,8 @@ class ImagePreprocessor:
 
     def collate(self, prepared: list[PreparedImage]) -> PixelBatch:
         arrays = [p.array for p in prepared]
-        on_device = [a for a in arrays if isinstance(a, torch.Tensor)]
-        if on_device:  # decoded on the device, perhaps beside files PIL decoded (PNGs, refused JPEGs)
-            device = on_device[0].device
+        device = next((a.device for a in arrays if isinstance(a, torch.Tensor)), None)
+        if device is not None:  # decoded on the device, perhaps beside files PIL decoded (PNGs, refused JPEGs)
             pixel_values = torch.stack([_to_device(torch.as_tensor(a), device) for a in arrays])
         else:  # numpy's stack copies uint8 arrays about twice as fast as torch's on a CPU
             pixel_values = torch.from_numpy(np.stack(arrays))
