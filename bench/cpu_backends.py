@@ -3,7 +3,9 @@ torch dynamic int8 (the engine's `dtype="int8"`), OpenVINO fp32 and OpenVINO int
 quantization, calibrated on the batch itself). Only the transformer encoder is swapped: the patch embedding,
 the position grid and the pooling head run in torch for every variant, as in the engine's int8 path.
 
-Not a dependency of the project: `pip install openvino==2026.4.1 nncf==3.4.0` first.
+NNCF's defaults here (SmoothQuant on, calibrated on the measured batch itself); the engine's own OpenVINO path,
+`dtype="int8-openvino"` (engine/model/openvino_int8.py), turns SmoothQuant off and calibrates on the example
+photos, and `bench/encode.py` measures it beside the others.
 
     python bench/cpu_backends.py [--arch naflex|fixed] [--batch 8] [--rounds 3]
 """

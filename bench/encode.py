@@ -1,6 +1,7 @@
 """Image-encoding throughput of the B/16 configuration, fixed 224 and NaFlex 256, in one run on the same
 images: transformers called plainly (its image processor + get_image_features, fp32), the engine in fp32,
-the engine's int8 CPU path, and any other backend asked for, with each one's ratio to plain transformers
+the engine's int8 CPU paths (torch's dynamic int8, and OpenVINO's static int8 where openvino and nncf are
+installed), and any other backend asked for, with each one's ratio to plain transformers
 given the same input (decoded images, or the JPEG files: what a user has) and the cosine of its embeddings
 to the engine's fp32 ones.
 
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from bench.common import build_line, checkpoint, machine, photos, timed  # noqa: E402
+from engine.model.openvino_int8 import openvino_available  # noqa: E402
 
 TEXTS = ["a photo of a cat", "ein foto von einem hund im park", "a red car parked on the street at night",
          "一只猫坐在沙发上", "une photo d'un chat sur le canapé", "a bowl of fruit on a wooden table"] * 4
@@ -77,6 +79,9 @@ def cpu_comparison(args, arch: str) -> None:
     source = args.model or str(checkpoint(arch, args.size))
     fp32 = load_model(source, device="cpu", dtype="fp32", max_num_patches=args.max_patches)
     int8 = load_model(source, dtype="int8", max_num_patches=args.max_patches)
+    # first load of a checkpoint calibrates (about 40 s for B/16 here), later ones read the kept encoders
+    openvino = load_model(source, dtype="int8-openvino", max_num_patches=args.max_patches) \
+        if openvino_available() else None
     if fp32.arch != arch:
         return
     processor = AutoImageProcessor.from_pretrained(str(fp32.directory))
@@ -89,6 +94,8 @@ def cpu_comparison(args, arch: str) -> None:
           f"(640×480 to 1600×1200), batch {batch}, {args.rounds} interleaved rounds, median round:")
 
     engines = {"engine fp32": fp32, "engine int8": int8}
+    if openvino:
+        engines["engine int8-openvino"] = openvino
     if args.int8_kernels:
         engines["engine int8, fbgemm kernels"] = int8_packed_for(source, args.max_patches, "fbgemm")
     if args.compile:
@@ -101,6 +108,9 @@ def cpu_comparison(args, arch: str) -> None:
         fp32.model, processor, [Image.open(p).convert("RGB") for p in paths], batch)
     variants["engine fp32, from JPEG files"] = lambda: encode_images(fp32, paths, batch_size=batch).vectors
     variants["engine int8, from JPEG files"] = lambda: encode_images(int8, paths, batch_size=batch).vectors
+    if openvino:
+        variants["engine int8-openvino, from JPEG files"] = lambda: encode_images(
+            openvino, paths, batch_size=batch).vectors
     if args.compile:
         compiled = engines["engine int8 + torch.compile"]
         variants["engine int8 + torch.compile, from JPEG files"] = lambda: encode_images(
@@ -139,8 +149,9 @@ def cpu_comparison(args, arch: str) -> None:
     for name, (seconds, vectors) in texts.items():
         print(f"  texts, {name:33s} {len(TEXTS) / seconds:8.2f} txt/s  {base_s / seconds:5.2f}× fp32  "
               f"{cosine_to(texts['engine fp32'][1], vectors)}")
-    for name in ("engine int8", "engine fp32"):
-        build_against_model(engines[name], name, paths, batch)
+    for name in ("engine int8-openvino", "engine int8", "engine fp32"):
+        if name in engines:
+            build_against_model(engines[name], name, paths, batch)
 
 
 def int8_packed_for(source: str, max_patches: int | None, kernels: str):
@@ -158,7 +169,7 @@ def build_comparison(args, arch: str) -> None:
     source = args.model or str(checkpoint(arch, args.size))
     paths = photos(args.images)
     print(f"\n{args.size if not args.model else source} {arch}, {len(paths)} JPEGs, batch {args.batch or 8}:")
-    for dtype in ("int8", "fp32"):
+    for dtype in ("int8-openvino", "int8", "fp32") if openvino_available() else ("int8", "fp32"):
         model = load_model(source, device="cpu", dtype=dtype, max_num_patches=args.max_patches)
         build_against_model(model, f"engine {dtype}", paths, args.batch or 8)
 

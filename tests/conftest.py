@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the Hub unless a test says so
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("STUDIO_CACHE", tempfile.mkdtemp(prefix="studio-cache-"))  # never the user's ~/.cache
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +71,15 @@ def random_image(height: int, width: int, seed: int = 0, mode: str = "RGB") -> I
     # smooth-ish content so resizing filters matter
     base = rng.integers(0, 256, (max(2, height // 8), max(2, width // 8), 3), dtype=np.uint8)
     return Image.fromarray(base).resize((width, height), Image.Resampling.BILINEAR).convert(mode)
+
+
+def photo_folder(tmp_path, count: int):
+    """(folder, index folder): `count` small random JPEGs in tmp_path/photos, indexes to go in tmp_path/indexes."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(count):
+        random_image(90 + 10 * i, 120, seed=i).save(folder / f"p{i}.jpg")
+    return folder, tmp_path / "indexes"
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import random_image
+from conftest import photo_folder, random_image
 from engine import load_model
 from engine.errors import IndexStoreError, ModelLoadError
 from engine.index.build import build_index
@@ -94,10 +94,7 @@ def test_precision_names(naflex_dir, naflex_model):
 
 
 def test_index_records_and_enforces_precision(naflex_model, naflex_int8, tmp_path):
-    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
-    folder.mkdir()
-    for i in range(4):
-        random_image(90 + 10 * i, 120, seed=i).save(folder / f"p{i}.jpg")
+    folder, index_dir = photo_folder(tmp_path, 4)
     build_index(naflex_model, folder, "exact", index_dir)
     with ImageIndex.open("exact", index_dir) as index:
         assert index.info().precision == "fp32"

@@ -33,7 +33,8 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str | None
     parser.add_argument("--model", default=default_model, help="Hub id or local checkpoint folder")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     parser.add_argument("--dtype", default=None,
-                        help="fp32, bf16, fp16 or int8 (the CPU fast path) (default: bf16 on cuda, else fp32)")
+                        help="fp32, bf16, fp16, int8 (the CPU fast path) or int8-openvino (faster on CPUs with VNNI "
+                             "or AMX; needs openvino and nncf) (default: bf16 on cuda, else fp32)")
     parser.add_argument("--max-patches", type=int, default=None, help="NaFlex sequence length (default 256)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the image encoder: a minute or more of compiling first; for bulk "

@@ -211,8 +211,9 @@ class ImageIndex:
     def check_precision(self, model: LoadedModel) -> None:
         """Refuse an int8 model for a float index and the reverse, unless the caller asked for it: quantized
         vectors agree with float ones only to about 0.9997 cosine, so rankings shift slightly. fp32, bf16 and
-        fp16 count as one family (an index built on a GPU in bf16 is searched on a CPU in fp32)."""
-        family = lambda precision: "int8" if precision == "int8" else "float"  # noqa: E731
+        fp16 count as one family (an index built on a GPU in bf16 is searched on a CPU in fp32), and so do
+        torch's int8 and OpenVINO's (int8-openvino): a mix of the two is recorded, not refused."""
+        family = lambda precision: "int8" if precision.startswith("int8") else "float"  # noqa: E731
         if self.mixed_precision or {family(p) for p in self.precisions} == {family(model.precision)}:
             return
         raise IndexStoreError(

@@ -12,6 +12,7 @@ from ..errors import InspectError
 from ..model.features import patch_features, vision_tower
 from ..model.images import ImageInput
 from ..model.loading import LoadedModel
+from ..model.openvino_int8 import OPENVINO_INT8
 from .head import probe_attention
 from .trace import ImageTrace, as_grid, trace_image
 
@@ -66,6 +67,9 @@ def layer_attention(model: LoadedModel, image: ImageInput, max_patches: int | No
                     head: int = 0, row: int = 0, col: int = 0) -> LayerAttention:
     """softmax(q·kᵀ/√d) of patch (row, col)'s query over every real patch in `layer`, `head`."""
     layer, head = _check_layer_and_head(model, layer, head)
+    if model.quantization == OPENVINO_INT8:
+        raise InspectError("Layer attention needs the encoder's own layers, which OpenVINO compiles into one graph: "
+                           "load the model in fp32 or int8 for this view.")
     trace = trace_image(model, image, max_patches)
     query = trace.check_patch(row, col)
     prepared = trace.preprocessor(trace.image)

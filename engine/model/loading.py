@@ -19,6 +19,7 @@ import torch
 
 from ..errors import ModelLoadError
 from .preprocess import ImagePreprocessor, check_sequence_length
+from .openvino_int8 import OPENVINO_INT8, quantize_openvino
 from .quantize import INT8, packed_weights, quantize_int8
 from .registry import Checkpoint, find_checkpoint
 from .text import TextTokenizer
@@ -63,7 +64,8 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
         names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
                  "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
         if dtype not in names:
-            raise ModelLoadError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16, int8 (CPU only)")
+            raise ModelLoadError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16, int8 or int8-openvino "
+                                 "(the last two CPU only)")
         return names[dtype]
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
@@ -136,7 +138,9 @@ class LoadedModel:
     image_preprocessor: ImagePreprocessor
     untrained: bool  # a generated checkpoint (engine.model.testmodel): random weights, outputs mean nothing
     checkpoint: Checkpoint | None
-    quantization: str | None = None  # "int8": encoders dynamically quantized (engine.model.quantize), CPU only
+    # "int8": encoders dynamically quantized by torch (engine.model.quantize); "int8-openvino": compiled by
+    # OpenVINO, statically quantized (engine.model.openvino_int8); CPU only
+    quantization: str | None = None
     compiled: bool = False  # image encodes run through torch.compile (load_model(compile=True))
 
     def __post_init__(self) -> None:
@@ -150,7 +154,8 @@ class LoadedModel:
 
     @property
     def precision(self) -> str:
-        """What the embeddings were computed in: "fp32", "bf16", "fp16" or "int8" (recorded by indexes)."""
+        """What the embeddings were computed in: "fp32", "bf16", "fp16", "int8" or "int8-openvino" (recorded
+        by indexes)."""
         if self.quantization:
             return self.quantization
         return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
@@ -199,8 +204,13 @@ def load_model(
     lowercase: str = "ascii",
     attn_implementation: str = "sdpa",
     compile: bool = False,
+    calibration_images: list | None = None,
 ) -> LoadedModel:
     """Load a SigLIP 2 checkpoint by Hub id or local folder (safetensors only, no remote code).
+
+    `dtype`: "int8" is torch's dynamic int8 on the CPU; "int8-openvino" compiles the encoders with OpenVINO,
+    int8 calibrated at load time on the example photos (or `calibration_images`, PIL images) — faster on CPUs
+    with VNNI or AMX, and a few seconds more to load.
 
     `compile`: run image encodes through torch.compile — a minute or more of compiling on the first batch
     (and once more if the batch size changes); for bulk encoding with fixed-resolution models on a GPU."""
@@ -216,12 +226,14 @@ def load_model(
 
     from transformers import AutoModel
 
-    int8 = isinstance(dtype, str) and dtype.lower() == INT8
+    quantization = dtype.lower() if isinstance(dtype, str) and dtype.lower() in (INT8, OPENVINO_INT8) else None
+    int8 = quantization is not None
     # int8 is a CPU path (its kernels are CPU-only), so "auto" means cpu for it, even beside a GPU
     torch_device = pick_device("cpu" if int8 and device in (None, "auto") else device)
     if int8 and torch_device.type != "cpu":
-        raise ModelLoadError(f"dtype int8 runs on the CPU only (its quantized kernels have no {torch_device.type} "
-                             f"version); load with device cpu, or use bf16 or fp16 on {torch_device.type}.")
+        raise ModelLoadError(f"dtype {quantization} runs on the CPU only (its quantized kernels have no "
+                             f"{torch_device.type} version); load with device cpu, or use bf16 or fp16 on "
+                             f"{torch_device.type}.")
     torch_dtype = torch.float32 if int8 else pick_dtype(torch_device, dtype)
     try:
         model = AutoModel.from_pretrained(
@@ -231,7 +243,7 @@ def load_model(
     except Exception as error:
         raise ModelLoadError(f"{name_or_path}: the weights could not be loaded ({error})") from None
     model.to(torch_device).eval()
-    if int8:
+    if quantization == INT8:
         quantize_int8(model)
 
     arch = "naflex" if model_type == "siglip2" else "fixed"
@@ -243,8 +255,10 @@ def load_model(
         model=model, name=str(name_or_path), directory=directory, arch=arch, device=torch_device,
         dtype=torch_dtype, tokenizer=TextTokenizer.from_checkpoint(directory, lowercase=lowercase),
         image_preprocessor=preprocessor, untrained=(directory / TEST_MODEL_MARKER).exists(),
-        checkpoint=find_checkpoint(str(name_or_path)), quantization=INT8 if int8 else None, compiled=compile,
+        checkpoint=find_checkpoint(str(name_or_path)), quantization=quantization, compiled=compile,
     )
+    if quantization == OPENVINO_INT8:  # calibrated by running the loaded fp32 model, hence after building it
+        quantize_openvino(loaded, calibration_images)
     log.info("loaded %s (%s, %s %s, untrained=%s)", loaded.name, arch, torch_device.type, loaded.precision,
              loaded.untrained)
     return loaded

@@ -88,8 +88,13 @@ def quantized_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def packed_weights(model: torch.nn.Module) -> tuple[int, int]:
-    """(values, bytes) of the int8 weights and fp32 biases, which `parameters()` no longer lists."""
+    """(values, bytes) of the int8 weights and fp32 biases, which `parameters()` no longer lists (torch's
+    packed Linears, and the encoders OpenVINO holds: engine.model.openvino_int8)."""
     values = size = 0
+    for module in model.modules():
+        held = getattr(module, "packed_weights", None)
+        if isinstance(held, tuple):
+            values, size = values + held[0], size + held[1]
     for module in quantized_linears(model):
         weight, bias = module._weight_bias()
         values += weight.numel()

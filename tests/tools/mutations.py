@@ -144,6 +144,19 @@ MUTATIONS = [
              "    half = len(jpegs) // 2\n", "    return [None] * len(jpegs)\n", ("tests/test_device_decode.py",)),
     Mutation("device decoding: a decoder that refuses everything kept on", "engine/index/build.py",
              "            self.decoder = None\n", "            pass\n", ("tests/test_device_decode.py",)),
+    Mutation("int8-openvino: padding keys not masked", "engine/model/openvino_int8.py",
+             "request.infer([embeds, key_mask(attention_mask, inputs_embeds)])",
+             "request.infer([embeds, key_mask(None, inputs_embeds)])", ("tests/test_openvino_int8.py",)),
+    Mutation("int8-openvino: SmoothQuant fitted to the calibration set", "engine/model/openvino_int8.py",
+             "AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)",
+             "AdvancedSmoothQuantParameters(convolution=0.95, matmul=0.95)", ("tests/test_openvino_int8.py",)),
+    Mutation("int8-openvino: the cache ignores the calibration images", "engine/model/openvino_int8.py",
+             "        digest.update(np.ascontiguousarray(image.array).tobytes())\n", "        pass\n",
+             ("tests/test_openvino_int8.py",)),
+    Mutation("int8-openvino: a family of its own for indexes", "engine/index/store.py",
+             'family = lambda precision: "int8" if precision.startswith("int8") else "float"',
+             'family = lambda precision: precision if precision.startswith("int8") else "float"',
+             ("tests/test_openvino_int8.py",)),
 ]
 
 
