@@ -69,10 +69,10 @@ def build(studio: Studio, banner_box: gr.Markdown) -> None:
                                label="…or a local checkpoint folder (Hugging Face layout)")
             with gr.Row():
                 device = gr.Dropdown(["auto", "cpu", "cuda", "mps"], value="auto", label="Device",
-                                     info="auto: cuda, then mps, then cpu; the int8 dtypes always use the cpu")
+                                     info="auto: cuda, then mps, then cpu (the int8 dtypes run on the cpu only)")
                 dtype = gr.Dropdown(["auto", "fp32", "bf16", "fp16", "int8", "int8-openvino"], value="auto",
                                     label="Dtype (int8: CPU only)",
-                                    info="int8-openvino: fastest on VNNI/AMX CPUs; first load calibrates (~40 s "
+                                    info="int8-openvino: faster on CPUs with VNNI; first load calibrates (~40 s "
                                          "for B/16)")
             patches = loaded.image_setting[0] if loaded and loaded.arch == "naflex" else 256
             max_patches = gr.Dropdown([128, 256, 576, 784, 1024], value=patches, allow_custom_value=True,

@@ -14,6 +14,7 @@ from engine.index.search import search
 from engine.index.store import ImageIndex
 from engine.model.encode import decode_target, encode_images, encode_texts
 from engine.model.images import DRAFT_MARGIN, open_for_model, open_image
+from engine.model import openvino_int8
 from engine.model.quantize import quantized_linears
 
 TEXTS = ["a photo of a cat", "ein foto von einem hund im park", "一只猫坐在沙发上", "x",
@@ -181,3 +182,13 @@ def test_float_precisions_are_one_family(naflex_model, naflex_dir, tmp_path):
     bf16 = load_model(str(naflex_dir), dtype="bf16")
     with ImageIndex.open("float", index_dir) as index:
         index.check_model(bf16)  # no IndexStoreError
+
+
+def test_refused_without_openvino_or_off_the_cpu(naflex_dir, monkeypatch):
+    with pytest.raises(ModelLoadError, match="CPU only.*device cpu"):
+        load_model(str(naflex_dir), device="cuda", dtype="int8-openvino")
+    with pytest.raises(ModelLoadError, match="neither compile=True"):
+        load_model(str(naflex_dir), dtype="int8-openvino", compile=True)
+    monkeypatch.setattr(openvino_int8, "openvino_available", lambda: False)
+    with pytest.raises(ModelLoadError, match="requirements-openvino.txt.*dtype int8"):
+        load_model(str(naflex_dir), dtype="int8-openvino")

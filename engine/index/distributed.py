@@ -23,6 +23,7 @@ from ..faults import crash_point
 from ..model.encode import ProgressCallback, decode_target, embed_pixel_batch
 from ..model.images import decode_image_bytes, read_file_bytes
 from ..model.loading import LoadedModel, load_model
+from ..model.openvino_int8 import OPENVINO_INT8
 from ..model.preprocess import ImagePreprocessor
 from .build import BuildSummary, FolderBuild
 from .shards import ShardRows, ingest_shards, shard_files, write_shard, written_paths
@@ -170,6 +171,9 @@ def build_index_on_ray(
         import ray
     except ImportError:
         raise IndexStoreError("The Ray engine needs Ray: pip install -r requirements-scale.txt") from None
+    if address and model.quantization == OPENVINO_INT8:
+        raise IndexStoreError("int8-openvino is calibrated on this project's example photos, which are not shipped "
+                              "to a cluster's machines: build there with --dtype int8, or without --address.")
     start = time.perf_counter()
     root = Path(folder).expanduser()
     if not root.is_dir():

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import ModelLoadError
 from .preprocess import ImagePreprocessor, check_sequence_length
-from .openvino_int8 import OPENVINO_INT8, quantize_openvino
+from .openvino_int8 import OPENVINO_INT8, SUPPORTED_ATTENTION, quantize_openvino
 from .quantize import INT8, packed_weights, quantize_int8
 from .registry import Checkpoint, find_checkpoint
 from .text import TextTokenizer
@@ -234,6 +234,9 @@ def load_model(
         raise ModelLoadError(f"dtype {quantization} runs on the CPU only (its quantized kernels have no "
                              f"{torch_device.type} version); load with device cpu, or use bf16 or fp16 on "
                              f"{torch_device.type}.")
+    if quantization == OPENVINO_INT8 and (compile or attn_implementation not in SUPPORTED_ATTENTION):
+        raise ModelLoadError("dtype int8-openvino compiles the encoders with OpenVINO: it takes neither compile=True "
+                             f"nor attn_implementation={attn_implementation!r} (only {', '.join(SUPPORTED_ATTENTION)}).")
     torch_dtype = torch.float32 if int8 else pick_dtype(torch_device, dtype)
     try:
         model = AutoModel.from_pretrained(

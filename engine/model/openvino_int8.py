@@ -3,18 +3,20 @@ OpenVINO with int8 weights and int8 activations, quantized statically by NNCF.
 
 Unlike torch's dynamic int8 (engine.model.quantize), which measures each batch's activations as it runs,
 the activation scales here are fixed once, from calibration data run through the model at load time: the
-project's example photos (with mirrored and cropped variants) and its multilingual labels in a prompt. That
+project's example photos (with mirrored and cropped variants) and its multilingual labels and captions. That
 is what lets OpenVINO keep whole blocks in int8 on CPUs with int8 dot-product instructions (AVX-512 VNNI,
 AVX-VNNI, AMX), and also why it needs its own check on a real checkpoint, whose activations have outliers
 that generated weights do not (`python bench/encode.py --model DIR_OR_HUB_ID --arch naflex`).
 
 What stays in torch and fp32, as in the torch int8 path: the patch embedding and position grids, the
 pooling head, the text head and the final LayerNorms. Views that need the encoder's own layers (layer
-attention) are not available on this path: OpenVINO compiles them into one graph.
+attention) are not available on this path: OpenVINO compiles them into one graph. The layers OpenVINO keeps in
+floating point run in the CPU's default inference precision: bf16 on CPUs with AVX-512 BF16 or AMX.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -26,7 +28,6 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
-from transformers.modeling_outputs import BaseModelOutput
 
 from ..errors import ModelLoadError
 
@@ -39,7 +40,9 @@ CALIBRATION_PHOTOS = ASSETS / "examples"
 CALIBRATION_LABELS = ASSETS / "labels"
 CALIBRATION_PROMPT = "a photo of {}."
 MASKED = -1e9  # additive attention mask for padding keys (finite: no NaN for fully padded rows)
-CACHE_VERSION = "1"  # bump when what is cached (graph inputs, quantization settings) changes
+CALIBRATION_PATCHES = 256  # NaFlex: calibrated at one length whatever the load's, so the app and the CLI agree
+SUPPORTED_ATTENTION = ("sdpa", "eager")  # the mask forms key_mask understands
+TOWERS = ("vision", "text")
 log = logging.getLogger(__name__)
 
 
@@ -87,6 +90,8 @@ class OpenVinoEncoder(torch.nn.Module):
         self.packed_weights = packed_weights  # (values, bytes) of the weights OpenVINO holds
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        from transformers.modeling_outputs import BaseModelOutput
+
         request = self.compiled.create_infer_request()
         embeds = np.ascontiguousarray(inputs_embeds.detach().float().cpu().numpy())
         request.infer([embeds, key_mask(attention_mask, inputs_embeds)])
@@ -129,12 +134,16 @@ def calibration_photos(folder: Path = CALIBRATION_PHOTOS) -> list:
 
 
 def calibration_texts(folder: Path = CALIBRATION_LABELS) -> list[str]:
-    """The multilingual labels (one "lang: a, b, c" line each), in a prompt."""
-    labels = []
+    """The multilingual labels ("lang: a, b, c" lines) in a prompt, and the captions (other lines) as they are."""
+    texts = []
     for path in sorted(folder.glob("*.txt")):
         for line in path.read_text(encoding="utf-8").splitlines():
-            labels += [label.strip() for label in line.partition(":")[2].split(",") if label.strip()]
-    return [CALIBRATION_PROMPT.format(label) for label in labels] or [CALIBRATION_PROMPT.format("cat")]
+            language, colon, labels = line.partition(":")
+            if colon and len(language.strip()) <= 3:
+                texts += [CALIBRATION_PROMPT.format(label.strip()) for label in labels.split(",") if label.strip()]
+            elif line.strip():
+                texts.append(line.strip())
+    return texts or [CALIBRATION_PROMPT.format("cat")]
 
 
 def _weights_of(encoder: torch.nn.Module) -> tuple[int, int]:
@@ -152,13 +161,29 @@ def cache_root() -> Path:
     return Path(os.environ.get("STUDIO_CACHE") or Path.home() / ".cache" / "siglip2-studio") / "openvino"
 
 
+def _quantization_settings() -> dict:
+    """NNCF's settings. SmoothQuant is off: on generated weights it moved the embeddings of photos unlike the
+    calibration set to cosine 0.966 of fp32 (0.9997 without it); bias correction is off (0.9997 either way,
+    a fifth more calibration time)."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    return dict(model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.PERFORMANCE,
+                advanced_parameters=AdvancedQuantizationParameters(
+                    smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1),
+                    disable_bias_correction=True))
+
+
 def _cache_key(loaded: "LoadedModel", prepared: list, ids: np.ndarray) -> str:
-    """Changes with the weights, the calibration inputs (pixels, sequence length, tokens) and the versions."""
+    """Changes with the weights and the checkpoint's configs, the calibration inputs (pixels, sequence length,
+    tokens), the quantization settings and the versions of what traces and quantizes."""
     import nncf
     import openvino as ov
+    import transformers
 
-    digest = hashlib.sha256(f"{CACHE_VERSION} {ov.__version__} {nncf.__version__}".encode())
-    for path in sorted(loaded.directory.glob("*.safetensors")) + [loaded.directory / "config.json"]:
+    digest = hashlib.sha256(" ".join([ov.__version__, nncf.__version__, torch.__version__, transformers.__version__,
+                                      repr(_quantization_settings())]).encode())
+    for path in sorted(loaded.directory.glob("*.safetensors")) + sorted(loaded.directory.glob("*.json")):
         stat = path.stat()
         digest.update(f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns}".encode())
     for image in prepared:
@@ -168,39 +193,54 @@ def _cache_key(loaded: "LoadedModel", prepared: list, ids: np.ndarray) -> str:
 
 
 def _quantized_graph(encoder: torch.nn.Module, feeds: list[list[np.ndarray]]):
-    """The encoder converted to an OpenVINO graph and quantized to int8 on `feeds`.
-
-    SmoothQuant is off: on generated weights it moved the embeddings of photos unlike the calibration set to
-    cosine 0.966 of fp32 (0.9997 without it); bias correction is off (0.9997 either way, 20 % of the time)."""
+    """The encoder converted to an OpenVINO graph and quantized to int8 on `feeds`."""
     import nncf
     import openvino as ov
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     width = feeds[0][0].shape[-1]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracing warnings about Python branches on shapes: shapes are dynamic
         graph = ov.convert_model(_Traced(encoder).eval(), example_input=tuple(torch.from_numpy(f) for f in feeds[0]),
                                  input=[ov.PartialShape([-1, -1, width]), ov.PartialShape([-1, 1, 1, -1])])
-    settings = AdvancedQuantizationParameters(
-        smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1), disable_bias_correction=True)
-    return nncf.quantize(graph, nncf.Dataset(feeds), subset_size=len(feeds), model_type=nncf.ModelType.TRANSFORMER,
-                         preset=nncf.QuantizationPreset.PERFORMANCE, advanced_parameters=settings)
+    return nncf.quantize(graph, nncf.Dataset(feeds), subset_size=len(feeds), **_quantization_settings())
 
 
-def _save_atomically(graphs: dict, folder: Path) -> None:
+def _keep(graphs: dict, folder: Path) -> None:
+    """Save the graphs into `folder` whole or not at all; a cache that cannot be written costs the next load
+    the calibration, nothing else."""
     import openvino as ov
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".saving-", dir=folder.parent))
+    scratch = None
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".saving-", dir=folder.parent))
         for name, graph in graphs.items():
             ov.save_model(graph, scratch / f"{name}.xml", compress_to_fp16=False)
         scratch.rename(folder)
-    except OSError as error:  # a full or read-only disk costs the next load the calibration, nothing else
+    except (OSError, RuntimeError) as error:  # OpenVINO reports a failed write as RuntimeError
         if not folder.exists():  # (else another process kept the same encoders first)
             log.warning("could not keep the int8-openvino encoders in %s: %s", folder, error)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _kept_graphs(core, folder: Path) -> dict | None:
+    """The quantized graphs an earlier load kept in `folder`, or None (none kept, or unreadable)."""
+    if not (folder / "text.xml").exists():
+        return None
+    try:
+        return {name: core.read_model(folder / f"{name}.xml") for name in TOWERS}
+    except Exception as error:  # noqa: BLE001 - a damaged cache is calibrated again, not fatal
+        log.warning("the int8-openvino encoders kept in %s could not be read (%s); calibrating again", folder, error)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def _compiled(core, graphs: dict) -> dict:
+    # OpenVINO has its own thread pool: held to torch's thread budget (set per Ray encoder, for one)
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    return {name: core.compile_model(graphs[name], "CPU", config) for name in TOWERS}
 
 
 def quantize_openvino(loaded: "LoadedModel", images: list | None = None, texts: list[str] | None = None) -> None:
@@ -208,46 +248,52 @@ def quantize_openvino(loaded: "LoadedModel", images: list | None = None, texts: 
     default `calibration_photos()`) and `texts` (default `calibration_texts()`), in place. The quantized graphs
     are kept in `cache_root()`, so the next load of the same weights and calibration skips the calibration."""
     if not openvino_available():
-        raise ModelLoadError("dtype int8-openvino needs OpenVINO and NNCF: pip install openvino nncf "
+        raise ModelLoadError("dtype int8-openvino needs OpenVINO and NNCF: pip install -r requirements-openvino.txt "
                              "(or use dtype int8, torch's own int8 path).")
     import nncf
     import openvino as ov
 
-    from .encode import embed_pixel_batch, embed_token_batch
-
     # NNCF's own set_log_level also lowers every handler on its logger, which a host may share (pytest's do)
     logging.getLogger(nncf.__name__).setLevel(logging.ERROR)
-    model = loaded.model
-    towers = {"vision": model.vision_model, "text": model.text_model}
-    prepared = [loaded.image_preprocessor(image) for image in (images if images is not None else calibration_photos())]
+    preprocessor = loaded.image_preprocessor
+    if loaded.arch == "naflex":
+        preprocessor = preprocessor.with_max_patches(CALIBRATION_PATCHES)
+    prepared = [preprocessor(image) for image in (images if images is not None else calibration_photos())]
     ids = loaded.tokenizer(texts if texts is not None else calibration_texts()).input_ids
-    folder = cache_root() / _cache_key(loaded, prepared, ids)
     core = ov.Core()
     try:
-        graphs = _kept_graphs(core, folder, towers)
-        if graphs is None:
-            log.info("calibrating int8-openvino on %d images and %d texts", len(prepared), len(ids))
-            runs = {"vision": lambda: [embed_pixel_batch(loaded, [p]) for p in prepared],
-                    "text": lambda: [embed_token_batch(loaded, ids[i:i + 8]) for i in range(0, len(ids), 8)]}
-            graphs = {name: _quantized_graph(tower.encoder, _captured_inputs(tower.encoder, runs[name]))
-                      for name, tower in towers.items()}
-            _save_atomically(graphs, folder)
-        compiled = {name: core.compile_model(graphs[name], "CPU", {"PERFORMANCE_HINT": "LATENCY"}) for name in towers}
+        folder = cache_root() / _cache_key(loaded, prepared, ids)
+        kept = _kept_graphs(core, folder)
+        try:
+            compiled = _compiled(core, kept) if kept else None
+        except Exception as error:  # noqa: BLE001 - read but not compiled: calibrated again, once
+            log.warning("the int8-openvino encoders kept in %s could not be compiled (%s); calibrating again",
+                        folder, error)
+            shutil.rmtree(folder, ignore_errors=True)
+            compiled = None
+        if compiled is None:
+            graphs = _calibrated_graphs(dataclasses.replace(loaded, image_preprocessor=preprocessor), prepared, ids)
+            _keep(graphs, folder)
+            compiled = _compiled(core, graphs)
     except Exception as error:  # OpenVINO's and NNCF's own errors: say what to do instead
         log.exception("int8-openvino failed for %s", loaded.name)
         raise ModelLoadError(f"{loaded.name}: OpenVINO could not quantize or compile the encoders ({error}); "
                              "load it with dtype int8 instead.") from None
-    for name, tower in towers.items():
+    for name, tower in _towers(loaded).items():
         tower.encoder = OpenVinoEncoder(compiled[name], _weights_of(tower.encoder))
 
 
-def _kept_graphs(core, folder: Path, towers: dict) -> dict | None:
-    """The quantized graphs kept in `folder` by an earlier load, or None (none kept, or unreadable)."""
-    if not (folder / "text.xml").exists():
-        return None
-    try:
-        return {name: core.read_model(folder / f"{name}.xml") for name in towers}
-    except Exception as error:  # noqa: BLE001 - a damaged cache is calibrated again, not fatal
-        log.warning("the int8-openvino encoders kept in %s could not be read (%s); calibrating again", folder, error)
-        shutil.rmtree(folder, ignore_errors=True)
-        return None
+def _towers(loaded: "LoadedModel") -> dict:
+    return {"vision": loaded.model.vision_model, "text": loaded.model.text_model}
+
+
+def _calibrated_graphs(loaded: "LoadedModel", prepared: list, ids: np.ndarray) -> dict:
+    """Each tower's encoder quantized on the inputs it receives for the calibration images (prepared by
+    `loaded`'s preprocessor) and texts."""
+    from .encode import embed_pixel_batch, embed_token_batch
+
+    log.info("calibrating int8-openvino on %d images and %d texts", len(prepared), len(ids))
+    runs = {"vision": lambda: [embed_pixel_batch(loaded, [p]) for p in prepared],
+            "text": lambda: [embed_token_batch(loaded, ids[i:i + 8]) for i in range(0, len(ids), 8)]}
+    return {name: _quantized_graph(tower.encoder, _captured_inputs(tower.encoder, runs[name]))
+            for name, tower in _towers(loaded).items()}
