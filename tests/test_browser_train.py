@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from apphost import CHROMIUM, SHOTS, AppProcess, open_app_page
 from test_train_data import make_shapes
@@ -41,6 +42,7 @@ def test_fine_tune_cancel_resume_and_load_in_a_browser(browser, tmp_path):
         assert "step " in option.inner_text() and option.inner_text().endswith("· data classes")
         page.screenshot(path=str(SHOTS / "train-interrupted-runs.png"), full_page=True)
         option.click()
+        expect(runs).to_have_value(re.compile(r"step \d+/\d+"))  # chosen before Resume reads it (flaked under load)
         page.get_by_role("button", name="Resume").click()
         page.get_by_text("Done:", exact=False).wait_for(timeout=300_000)
         status = page.get_by_text("Done:", exact=False).inner_text()

@@ -14,6 +14,8 @@ from engine.index.build import build_index
 from engine.index.search import search
 from engine.index.store import ImageIndex
 from engine.inspect.attention import attention_map, layer_attention
+from engine.inspect.dense import dense_pca
+from engine.inspect.maps import similarity_maps
 from engine.model import openvino_int8
 from engine.model.encode import encode_images, encode_texts
 from engine.model.openvino_int8 import OpenVinoEncoder, cache_root, calibration_photos, calibration_texts, key_mask
@@ -161,8 +163,15 @@ def test_layer_attention_is_refused_with_a_way_out(naflex_model, openvino_models
     image = random_image(96, 128, seed=4)
     with pytest.raises(InspectError, match="load the model in fp32 or int8"):
         layer_attention(quick, image, 256, 0, 0, 0, 0)
-    pooled = attention_map(quick, image, 256).weights  # the pooling head's view still works
+    # the views that need only the encoder's output still work, and agree with fp32
+    pooled = attention_map(quick, image, 256).weights
     assert pooled.shape == attention_map(naflex_model, image, 256).weights.shape
+    for method in ("value", "gradient"):
+        quick_maps = similarity_maps(quick, image, "a cat, ein Hund", 256, method).maps
+        exact_maps = similarity_maps(naflex_model, image, "a cat, ein Hund", 256, method).maps
+        assert quick_maps.shape == exact_maps.shape
+        assert np.corrcoef(quick_maps.ravel(), exact_maps.ravel())[0, 1] > 0.99
+    assert dense_pca(quick, image, 256).colours[0].shape == dense_pca(naflex_model, image, 256).colours[0].shape
 
 
 def test_a_damaged_cache_is_calibrated_again(naflex_dir, naflex_model, tmp_path, monkeypatch, caplog):

@@ -16,7 +16,6 @@ floating point run in the CPU's default inference precision: bf16 on CPUs with A
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -24,15 +23,12 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..errors import ModelLoadError
-
-if TYPE_CHECKING:
-    from .loading import LoadedModel
 
 OPENVINO_INT8 = "int8-openvino"
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -44,6 +40,7 @@ CALIBRATION_PATCHES = 256  # NaFlex: calibrated at one length whatever the load'
 SUPPORTED_ATTENTION = ("sdpa", "eager")  # the mask forms key_mask understands
 TOWERS = ("vision", "text")
 log = logging.getLogger(__name__)
+# `loaded` arguments are engine.model.loading.LoadedModel, not imported: loading imports this module
 
 
 def openvino_available() -> bool:
@@ -174,7 +171,7 @@ def _quantization_settings() -> dict:
                     disable_bias_correction=True))
 
 
-def _cache_key(loaded: "LoadedModel", prepared: list, ids: np.ndarray) -> str:
+def _cache_key(loaded, prepared: list, ids: np.ndarray) -> str:
     """Changes with the weights and the checkpoint's configs, the calibration inputs (pixels, sequence length,
     tokens), the quantization settings and the versions of what traces and quantizes."""
     import nncf
@@ -243,8 +240,8 @@ def _compiled(core, graphs: dict) -> dict:
     return {name: core.compile_model(graphs[name], "CPU", config) for name in TOWERS}
 
 
-def quantize_openvino(loaded: "LoadedModel", images: list | None = None, texts: list[str] | None = None) -> None:
-    """Replace both encoders of `loaded` (fp32, CPU) by OpenVINO int8 ones calibrated on `images` (PIL images;
+def quantize_openvino(loaded, images: list | None = None, texts: list[str] | None = None) -> None:
+    """Replace both encoders of `loaded` (a LoadedModel, fp32 on the CPU) by OpenVINO int8 ones calibrated on `images` (PIL images;
     default `calibration_photos()`) and `texts` (default `calibration_texts()`), in place. The quantized graphs
     are kept in `cache_root()`, so the next load of the same weights and calibration skips the calibration."""
     if not openvino_available():
@@ -272,7 +269,7 @@ def quantize_openvino(loaded: "LoadedModel", images: list | None = None, texts: 
             shutil.rmtree(folder, ignore_errors=True)
             compiled = None
         if compiled is None:
-            graphs = _calibrated_graphs(dataclasses.replace(loaded, image_preprocessor=preprocessor), prepared, ids)
+            graphs = _calibrated_graphs(loaded, preprocessor, prepared, ids)
             _keep(graphs, folder)
             compiled = _compiled(core, graphs)
     except Exception as error:  # OpenVINO's and NNCF's own errors: say what to do instead
@@ -283,17 +280,25 @@ def quantize_openvino(loaded: "LoadedModel", images: list | None = None, texts: 
         tower.encoder = OpenVinoEncoder(compiled[name], _weights_of(tower.encoder))
 
 
-def _towers(loaded: "LoadedModel") -> dict:
+def _towers(loaded) -> dict:
     return {"vision": loaded.model.vision_model, "text": loaded.model.text_model}
 
 
-def _calibrated_graphs(loaded: "LoadedModel", prepared: list, ids: np.ndarray) -> dict:
+@torch.inference_mode()
+def _calibrated_graphs(loaded, preprocessor, prepared: list, ids: np.ndarray) -> dict:
     """Each tower's encoder quantized on the inputs it receives for the calibration images (prepared by
-    `loaded`'s preprocessor) and texts."""
-    from .encode import embed_pixel_batch, embed_token_batch
-
+    `preprocessor`) and texts."""
     log.info("calibrating int8-openvino on %d images and %d texts", len(prepared), len(ids))
-    runs = {"vision": lambda: [embed_pixel_batch(loaded, [p]) for p in prepared],
-            "text": lambda: [embed_token_batch(loaded, ids[i:i + 8]) for i in range(0, len(ids), 8)]}
+    model = loaded.model
+
+    def images():
+        for image in prepared:
+            model.get_image_features(**preprocessor.collate([image]).model_inputs(loaded.device, loaded.dtype))
+
+    def texts():
+        for start in range(0, len(ids), 8):
+            model.get_text_features(input_ids=torch.from_numpy(np.ascontiguousarray(ids[start:start + 8])))
+
+    runs = {"vision": images, "text": texts}
     return {name: _quantized_graph(tower.encoder, _captured_inputs(tower.encoder, runs[name]))
             for name, tower in _towers(loaded).items()}
