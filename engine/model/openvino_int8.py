@@ -222,13 +222,14 @@ def _keep(graphs: dict, folder: Path) -> None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _kept_graphs(core, folder: Path) -> dict | None:
-    """The quantized graphs an earlier load kept in `folder`, or None (none kept, or unreadable)."""
+def _kept_encoders(core, folder: Path) -> dict | None:
+    """The encoders an earlier load kept in `folder`, compiled; None when none are kept or they cannot be read
+    or compiled (the folder is removed: calibrated again, not fatal)."""
     if not (folder / "text.xml").exists():
         return None
     try:
-        return {name: core.read_model(folder / f"{name}.xml") for name in TOWERS}
-    except Exception as error:  # noqa: BLE001 - a damaged cache is calibrated again, not fatal
+        return _compiled(core, {name: core.read_model(folder / f"{name}.xml") for name in TOWERS})
+    except Exception as error:  # noqa: BLE001 - a damaged cache is calibrated again
         log.warning("the int8-openvino encoders kept in %s could not be read (%s); calibrating again", folder, error)
         shutil.rmtree(folder, ignore_errors=True)
         return None
@@ -241,9 +242,10 @@ def _compiled(core, graphs: dict) -> dict:
 
 
 def quantize_openvino(loaded, images: list | None = None, texts: list[str] | None = None) -> None:
-    """Replace both encoders of `loaded` (a LoadedModel, fp32 on the CPU) by OpenVINO int8 ones calibrated on `images` (PIL images;
-    default `calibration_photos()`) and `texts` (default `calibration_texts()`), in place. The quantized graphs
-    are kept in `cache_root()`, so the next load of the same weights and calibration skips the calibration."""
+    """Replace both encoders of `loaded` (a LoadedModel, fp32 on the CPU) by OpenVINO int8 ones calibrated on
+    `images` (PIL images; default `calibration_photos()`) and `texts` (default `calibration_texts()`), in place.
+    The quantized graphs are kept in `cache_root()`: the next load of the same weights and calibration skips
+    the calibration."""
     if not openvino_available():
         raise ModelLoadError("dtype int8-openvino needs OpenVINO and NNCF: pip install -r requirements-openvino.txt "
                              "(or use dtype int8, torch's own int8 path).")
@@ -260,14 +262,7 @@ def quantize_openvino(loaded, images: list | None = None, texts: list[str] | Non
     core = ov.Core()
     try:
         folder = cache_root() / _cache_key(loaded, prepared, ids)
-        kept = _kept_graphs(core, folder)
-        try:
-            compiled = _compiled(core, kept) if kept else None
-        except Exception as error:  # noqa: BLE001 - read but not compiled: calibrated again, once
-            log.warning("the int8-openvino encoders kept in %s could not be compiled (%s); calibrating again",
-                        folder, error)
-            shutil.rmtree(folder, ignore_errors=True)
-            compiled = None
+        compiled = _kept_encoders(core, folder)
         if compiled is None:
             graphs = _calibrated_graphs(loaded, preprocessor, prepared, ids)
             _keep(graphs, folder)
