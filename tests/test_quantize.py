@@ -189,6 +189,8 @@ def test_refused_without_openvino_or_off_the_cpu(naflex_dir, monkeypatch):
         load_model(str(naflex_dir), device="cuda", dtype="int8-openvino")
     with pytest.raises(ModelLoadError, match="neither compile=True"):
         load_model(str(naflex_dir), dtype="int8-openvino", compile=True)
+    with pytest.raises(ModelLoadError, match="attn_implementation sdpa or eager, not 'flex_attention'"):
+        load_model(str(naflex_dir), dtype="int8-openvino", attn_implementation="flex_attention")
     monkeypatch.setattr(openvino_int8, "openvino_available", lambda: False)
     with pytest.raises(ModelLoadError, match="requirements-openvino.txt.*dtype int8"):
         load_model(str(naflex_dir), dtype="int8-openvino")
