@@ -65,7 +65,7 @@ class Studio:
         folder = Path(tempfile.gettempdir()) / f"siglip2-studio-test-model-{arch}"
         if not (folder / "model.safetensors").exists():
             make_test_model(folder, arch=arch, size="tiny", seed=0)
-        return self.load(str(folder), device="cpu", dtype="fp32")
+        return self.load(str(folder), device="cpu", dtype=self.dtype or "fp32")  # (app.py --dtype int8 applies)
 
     def set_max_patches(self, patches: int) -> LoadedModel:
         """A new NaFlex sequence length changes every image result: cached examples go with it."""

@@ -72,8 +72,8 @@ def build(studio: Studio, banner_box: gr.Markdown) -> None:
                                      info="auto: cuda, then mps, then cpu (the int8 dtypes run on the cpu only)")
                 dtype = gr.Dropdown(["auto", "fp32", "bf16", "fp16", "int8", "int8-openvino"], value="auto",
                                     label="Dtype (int8: CPU only)",
-                                    info="int8-openvino: faster on CPUs with VNNI; first load calibrates (~40 s "
-                                         "for B/16)")
+                                    info="int8-openvino: fastest on CPUs with VNNI (elsewhere int8 is faster); "
+                                         "first load calibrates (~40 s for B/16)")
             patches = loaded.image_setting[0] if loaded and loaded.arch == "naflex" else 256
             max_patches = gr.Dropdown([128, 256, 576, 784, 1024], value=patches, allow_custom_value=True,
                                       label="NaFlex sequence length (max patches; trained: 128–1024)")

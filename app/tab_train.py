@@ -3,6 +3,7 @@ chart of loss and validation accuracy, cancel, the before/after report and "load
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import shutil
@@ -27,6 +28,8 @@ from .studio import Studio
 
 DEVICES = ["auto", "cpu", "cuda", "xla", "mps"]
 MODES = ["lora", "probe", "full"]
+MAX_UNPACKED_BYTES = 16 * 2**30  # an uploaded zip's content; larger datasets are read from a server folder
+MAX_ZIP_MEMBERS = 1_000_000
 
 
 def loss_figure(history: list[dict], validation: list[dict]) -> go.Figure:
@@ -50,7 +53,10 @@ def resolve_data(studio: Studio, folder: str, upload) -> Path:
     if upload:
         return _unpacked_upload(studio, Path(getattr(upload, "name", upload)))
     text = (folder or "").strip()
-    resolved = studio.readable.resolve(text) if text else None  # None outside the allowed roots
+    if not text:
+        raise StudioError("Give a dataset on the server (a folder of class subfolders, or a caption file), "
+                          "or upload a .zip of class folders.")
+    resolved = studio.readable.resolve(text)  # None outside the allowed roots
     if resolved is not None and resolved.is_file():  # a caption file
         return resolved
     return studio.check_folder(text)
@@ -86,9 +92,7 @@ def _unpack(path: Path, target: Path) -> None:
     unpacking = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=target.parent))
     try:
         with zipfile.ZipFile(path) as archive:
-            for member in archive.namelist():
-                if member.startswith("/") or ".." in Path(member).parts:
-                    raise StudioError(f"{path.name}: unsafe path {member!r} in the zip.")
+            _check_members(path.name, archive.infolist(), shutil.disk_usage(target.parent).free)
             archive.extractall(unpacking)
         unpacking.rename(target)
     except zipfile.BadZipFile:
@@ -98,6 +102,29 @@ def _unpack(path: Path, target: Path) -> None:
             raise
     finally:
         shutil.rmtree(unpacking, ignore_errors=True)
+
+
+def _check_members(zip_name: str, members: list[zipfile.ZipInfo], free_bytes: int) -> None:
+    """Refuse unsafe paths, and a zip that would unpack past the limits or the free disk space before a byte is
+    written. The sizes in the zip's directory bound what extraction writes (zipfile stops at them)."""
+    for member in members:
+        if member.filename.startswith("/") or ".." in Path(member.filename).parts:
+            raise StudioError(f"{zip_name}: unsafe path {member.filename!r} in the zip.")
+    if len(members) > MAX_ZIP_MEMBERS:
+        raise StudioError(f"{zip_name}: {len(members):,} files is more than {MAX_ZIP_MEMBERS:,}; "
+                          "train from a folder on the server instead (--allowed-root).")
+    unpacked = sum(member.file_size for member in members)
+    if unpacked > MAX_UNPACKED_BYTES:
+        raise StudioError(f"{zip_name}: unpacks to {_size(unpacked)}, more than the {_size(MAX_UNPACKED_BYTES)} "
+                          "an upload may take; "
+                          "train from a folder on the server instead (--allowed-root).")
+    if unpacked > free_bytes:
+        raise StudioError(f"{zip_name}: unpacks to {_size(unpacked)}, but only {_size(free_bytes)} is free on "
+                          "the server's disk.")
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
 def _has_subfolders(path: Path) -> bool:
@@ -131,7 +158,7 @@ def fine_tune(studio: Studio, folder: str, upload, mode: str, epochs: float, bat
     data = resolve_data(studio, folder, upload)
     config = TrainConfig(mode=mode, epochs=float(epochs), batch_size=int(batch_size), lr=float(lr) if lr else None,
                          device=None if device == "auto" else device)
-    with studio.job("fine-tuning") as model:
+    with studio.job("fine-tuning") as model, _tidied_uploads(studio):
         out = finetuned_dir(studio) / f"{Path(str(model.directory)).name}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
         yield from _follow(lambda on_event, should_stop: train(str(model.directory), data, out, config,
                                                                on_event=on_event, should_stop=should_stop),
@@ -143,10 +170,25 @@ def resume_fine_tune(studio: Studio, run_folder: str, cancel: threading.Event, p
     run = next((r for r in resumable_runs(finetuned_dir(studio)) if str(r.out) == run_folder), None)
     if run is None:
         raise StudioError("Choose an interrupted run to resume: none is selected, or it has finished since.")
-    with studio.job("fine-tuning"):
+    with studio.job("fine-tuning"), _tidied_uploads(studio):
         yield from _follow(lambda on_event, should_stop: train(None, None, run.out, None, resume=True,
                                                                on_event=on_event, should_stop=should_stop),
                            cancel, progress)
+
+
+@contextlib.contextmanager
+def _tidied_uploads(studio: Studio):
+    """After a run (finished, failed or interrupted), remove the unpacked uploads no interrupted run needs, and
+    what a crash left mid-unpacking; a zip uploaded again is unpacked again. Runs one at a time (the model
+    queue), so no other run is unpacking or reading an upload meanwhile."""
+    try:
+        yield
+    finally:
+        uploads = training_data_dir(studio)
+        needed = [Path(run.data).resolve() for run in resumable_runs(finetuned_dir(studio))]
+        for unpacked in uploads.iterdir() if uploads.is_dir() else ():
+            if not any(data == unpacked.resolve() or unpacked.resolve() in data.parents for data in needed):
+                shutil.rmtree(unpacked, ignore_errors=True)
 
 
 def _follow(run: Callable, cancel: threading.Event, progress):
@@ -200,7 +242,7 @@ def build(studio: Studio) -> None:
     with gr.Row():
         with gr.Column():
             folder = gr.Textbox(label="Dataset on the server (folder of class subfolders, or a caption file)")
-            upload = gr.File(label="…or upload a .zip of class folders", file_types=[".zip"])
+            upload = gr.File(label="…or upload a .zip of class folders", file_types=[".zip"], elem_id="train-upload")
             mode = gr.Radio(MODES, value="lora", label="Mode (probe: heads only; LoRA: adapters; full: every weight)")
             with gr.Row():
                 epochs = gr.Number(3, label="Epochs", minimum=0.1)

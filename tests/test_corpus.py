@@ -61,6 +61,8 @@ def make_corpus(folder: Path) -> dict[str, str]:
     put("text.jpg", b"this is not a picture\n" * 20, "not an image")
     put("png-named.jpg", png, "ok")  # wrong extension, good content
     put("bomb.png", _png_with_size(BOMB_SIDE, BOMB_SIDE), "decompression bomb")
+    # past the limit but under twice it, where Pillow only warns: refused all the same
+    put("bomb-100mp.png", _png_with_size(10_000, 10_000), "decompression bomb")
     put("drawing.svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "not an image")
     for name, image in {
         "one-pixel.png": Image.new("RGB", (1, 1), "red"),

@@ -3,6 +3,7 @@ and labels; parity with fp32 on both architectures and both towers for inputs un
 the cache of quantized encoders, indexes that record the precision, and what it cannot do."""
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -185,3 +186,38 @@ def test_a_damaged_cache_is_calibrated_again(naflex_dir, naflex_model, tmp_path,
     images = [random_image(120, 90, seed=8)]
     assert _cosines(encode_images(naflex_model, images).vectors, encode_images(again, images).vectors).min() >= TINY_COSINE
     assert (kept / "vision.xml").read_text().startswith("<?xml")  # kept anew
+
+
+def test_the_cache_keeps_the_most_recently_used_encoders_within_its_limit(naflex_dir, tmp_path, monkeypatch):
+    """Past CACHE_LIMIT_BYTES the least recently used kept encoders go; the ones just loaded always stay."""
+    monkeypatch.setenv("STUDIO_CACHE", str(tmp_path))
+    load_model(str(naflex_dir), dtype="int8-openvino")
+    (in_use,) = cache_root().iterdir()
+    in_use_bytes = sum(f.stat().st_size for f in in_use.iterdir())
+    older, oldest = cache_root() / "older", cache_root() / "oldest"
+    for stamp, entry in ((1000, in_use), (3000, older), (2000, oldest)):  # the one in use looks the oldest of all
+        entry.mkdir(exist_ok=True)
+        if entry != in_use:
+            (entry / "vision.bin").write_bytes(bytes(in_use_bytes))
+        os.utime(entry, (stamp, stamp))
+    monkeypatch.setattr(openvino_int8, "_quantized_graph", lambda *args: pytest.fail("calibrated again"))
+    monkeypatch.setattr(openvino_int8, "CACHE_LIMIT_BYTES", 2.5 * in_use_bytes)  # room for two of the three
+    load_model(str(naflex_dir), dtype="int8-openvino")  # reused: now the most recently used
+    assert sorted(p.name for p in cache_root().iterdir()) == sorted([in_use.name, "older"])
+    monkeypatch.setattr(openvino_int8, "CACHE_LIMIT_BYTES", 0)
+    load_model(str(naflex_dir), dtype="int8-openvino")
+    assert [p.name for p in cache_root().iterdir()] == [in_use.name]
+
+
+def test_without_vnni_the_weights_keep_to_seven_bits(naflex_dir, naflex_model, monkeypatch):
+    """On a CPU without VNNI, OpenVINO sums pairs of u8 × s8 products in int16: 8-bit weights saturate it (image
+    embeddings at cosine 0.88 of fp32 on an AVX2 CPU, tiny model), 7-bit ones do not. Run on any CPU, this
+    checks the 7-bit calibration; on a CPU without VNNI the parity tests above check the choice too."""
+    monkeypatch.setattr(openvino_int8, "has_vnni", lambda: False)
+    assert openvino_int8._quantization_settings()["advanced_parameters"].overflow_fix.value == "enable"
+    seven_bit = load_model(str(naflex_dir), dtype="int8-openvino")
+    images = [random_image(200 + 40 * i, 320 - 30 * i, seed=i) for i in range(5)]
+    cosines = _cosines(encode_images(naflex_model, images).vectors, encode_images(seven_bit, images).vectors)
+    assert cosines.min() >= TINY_COSINE
+    cosines = _cosines(encode_texts(naflex_model, TEXTS).vectors, encode_texts(seven_bit, TEXTS).vectors)
+    assert cosines.min() >= TINY_COSINE

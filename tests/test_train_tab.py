@@ -71,6 +71,8 @@ def test_cancel_stops_early_resumes_and_bad_folder_is_refused(studio, tmp_path):
         list(resume_fine_tune(studio, "/etc", threading.Event()))
     with pytest.raises(StudioError, match="outside the folders"):
         list(fine_tune(studio, "/etc", None, "full", 1, 8, 0, "cpu", threading.Event()))
+    with pytest.raises(StudioError, match="or upload a .zip of class folders"):
+        list(fine_tune(studio, " ", None, "full", 1, 8, 0, "cpu", threading.Event()))
 
 
 def test_an_uploaded_zip_is_kept_beside_the_runs(studio, tmp_path):
@@ -101,3 +103,62 @@ def test_an_uploaded_zip_is_kept_beside_the_runs(studio, tmp_path):
         broken = upload.with_name("broken.zip")
         broken.write_bytes(b"PK, but not a zip")
         resolve_data(studio, "", str(broken))
+
+
+def test_an_upload_too_large_to_unpack_is_refused_before_writing(studio, tmp_path, monkeypatch):
+    """A zip bomb (or a dataset past the limit or the free disk) is refused from the sizes in its directory,
+    before anything is unpacked; a zip that lies about its sizes fails its CRC rather than writing more."""
+    import app.tab_train as tab
+    from app.tab_train import _check_members, resolve_data, training_data_dir
+
+    studio, _ = studio
+    bomb = tmp_path / "zeros.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a/zeros.bin", bytes(4 * 2**20))  # 4 MiB of zeros: ~4 KiB compressed
+    assert bomb.stat().st_size < 2**15
+    monkeypatch.setattr(tab, "MAX_UNPACKED_BYTES", 2**20)
+    with pytest.raises(StudioError, match=r"zeros.zip: unpacks to 4.0 MiB, more than the 1.0 MiB"):
+        resolve_data(studio, "", str(bomb))
+    assert not any(training_data_dir(studio).iterdir())  # nothing left behind, not even a partial folder
+    monkeypatch.setattr(tab, "MAX_ZIP_MEMBERS", 0)
+    monkeypatch.setattr(tab, "MAX_UNPACKED_BYTES", 2**30)
+    with pytest.raises(StudioError, match="1 files is more than 0"):
+        resolve_data(studio, "", str(bomb))
+    monkeypatch.setattr(tab, "MAX_ZIP_MEMBERS", 10)
+    with zipfile.ZipFile(bomb) as archive:
+        with pytest.raises(StudioError, match="4.0 MiB, but only 1.0 MiB is free"):
+            _check_members("zeros.zip", archive.infolist(), free_bytes=2**20)
+        _check_members("zeros.zip", archive.infolist(), free_bytes=2**23)
+    liar = tmp_path / "liar.zip"
+    data = bytearray(bomb.read_bytes())
+    central = data.index(b"PK\x01\x02")
+    data[central + 24:central + 28] = (1000).to_bytes(4, "little")  # says 1,000 bytes unpacked
+    liar.write_bytes(bytes(data))
+    with pytest.raises(StudioError, match="not a readable zip"):
+        resolve_data(studio, "", str(liar))
+    assert not any(training_data_dir(studio).iterdir())
+
+
+def test_a_finished_runs_upload_is_removed_and_an_interrupted_ones_kept(studio, tmp_path):
+    """Unpacked uploads do not pile up: once no interrupted run needs one (and after a crash mid-unpacking),
+    it is removed at the end of the next run; the zip uploaded again is unpacked again."""
+    from app.tab_train import fine_tune, resume_fine_tune, run_choices, training_data_dir
+
+    studio, data = studio
+    upload = tmp_path / "shapes.zip"
+    with zipfile.ZipFile(upload, "w") as archive:
+        for file in data["classes"].rglob("*"):
+            archive.write(file, file.relative_to(data["classes"]))
+    (training_data_dir(studio) / ".unpacking-crashed").mkdir(parents=True)
+    cancel = threading.Event()
+    cancel.set()
+    *_, last = fine_tune(studio, "", str(upload), "probe", 5, 8, 1e-3, "cpu", cancel)
+    assert "Cancelled" in last[1]
+    [kept] = training_data_dir(studio).iterdir()  # the interrupted run's data stays; the crash's leftover went
+    assert kept.name.startswith("shapes-")
+    [(_, folder)] = run_choices(studio)
+    *_, resumed = resume_fine_tune(studio, folder, threading.Event())
+    assert resumed[1].startswith("Done")
+    assert not any(training_data_dir(studio).iterdir())
+    *_, again = fine_tune(studio, "", str(upload), "probe", 1, 8, 1e-3, "cpu", threading.Event())
+    assert again[1].startswith("Done") and not any(training_data_dir(studio).iterdir())

@@ -102,7 +102,7 @@ def device_jpeg(data: bytes) -> DeviceJpeg | None:
 
 def _exif_orientation(exif: bytes) -> int | None:
     """The Orientation tag as PIL reads it from an EXIF segment (1 when absent), or None when PIL cannot."""
-    try:  # (no warnings.catch_warnings here: it is not thread-safe, and the decoding threads rely on theirs)
+    try:  # (no warnings.catch_warnings here: it is not thread-safe)
         data = Image.Exif()
         data.load(exif)
         orientation = data.get(ExifTags.Base.Orientation, 1)

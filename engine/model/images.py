@@ -6,7 +6,6 @@ import hashlib
 import io
 import os
 import stat
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Union
@@ -105,20 +104,21 @@ def _decode(name: str, source, target: TargetSize | None = None) -> tuple[Image.
     """Open, fully load and orient `source` (a path or a file object), mapping failures to ImageReadError.
 
     Returns the image and its full (height, width); with `target`, JPEGs may be decoded at reduced scale."""
+    bomb = f"too many pixels (over {MAX_IMAGE_PIXELS:,}; possible decompression bomb)"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as opened:
-                full = _draft(opened, target) if target else None
-                opened.load()
-                image = to_rgb(ImageOps.exif_transpose(opened))
-                return image, full or (image.height, image.width)
+        with Image.open(source) as opened:
+            # checked here rather than by turning Pillow's warning into an error: warnings.catch_warnings is
+            # not thread-safe, and images are decoded in threads
+            if opened.width * opened.height > MAX_IMAGE_PIXELS:
+                raise ImageReadError(name, bomb)
+            full = _draft(opened, target) if target else None
+            opened.load()
+            image = to_rgb(ImageOps.exif_transpose(opened))
+            return image, full or (image.height, image.width)
     except PermissionError:
         raise ImageReadError(name, "permission denied") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageReadError(
-            name, f"too many pixels (over {MAX_IMAGE_PIXELS:,}; possible decompression bomb)"
-        ) from None
+        raise ImageReadError(name, bomb) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageReadError(name, _read_reason(error)) from None
 

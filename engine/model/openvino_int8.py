@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelLoadError
+from .quantize import TOWERS, encoder_towers
 
 OPENVINO_INT8 = "int8-openvino"
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -37,8 +38,8 @@ CALIBRATION_LABELS = ASSETS / "labels"
 CALIBRATION_PROMPT = "a photo of {}."
 MASKED = -1e9  # additive attention mask for padding keys (finite: no NaN for fully padded rows)
 CALIBRATION_PATCHES = 256  # NaFlex: calibrated at one length whatever the load's, so the app and the CLI agree
+CACHE_LIMIT_BYTES = 4 * 2**30  # past this, the least recently used kept encoders are removed (B/16: ≈ 170 MB)
 SUPPORTED_ATTENTION = ("sdpa", "eager")  # the mask forms key_mask understands
-TOWERS = ("vision", "text")
 log = logging.getLogger(__name__)
 # `loaded` arguments are engine.model.loading.LoadedModel, not imported: loading imports this module
 
@@ -158,15 +159,26 @@ def cache_root() -> Path:
     return Path(os.environ.get("STUDIO_CACHE") or Path.home() / ".cache" / "siglip2-studio") / "openvino"
 
 
+def has_vnni() -> bool:
+    """Whether this CPU has AVX-512 VNNI, whose int8 dot products accumulate in int32. Without it (AVX2 alone)
+    OpenVINO's int8 matmuls add pairs of u8 × s8 products in int16, which saturates unless the weights keep
+    to 7 bits."""
+    check = getattr(torch.cpu, "_is_vnni_supported", None)  # (torch's, private: absent means unknown, so no)
+    return bool(check and check())
+
+
 def _quantization_settings() -> dict:
     """NNCF's settings. SmoothQuant is off: on generated weights it moved the embeddings of photos unlike the
     calibration set to cosine 0.966 of fp32 (0.9997 without it); bias correction is off (0.9997 either way,
-    a fifth more calibration time)."""
+    a fifth more calibration time). Without VNNI every layer's weights keep to 7 bits (NNCF's overflow fix;
+    its default fixes the first layer only): on an AVX2 CPU the B/16 image embeddings fell to cosine 0.89 of
+    fp32 without it, 0.9995 with it."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     return dict(model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.PERFORMANCE,
                 advanced_parameters=AdvancedQuantizationParameters(
+                    overflow_fix=nncf.OverflowFix.FIRST_LAYER if has_vnni() else nncf.OverflowFix.ENABLE,
                     smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1),
                     disable_bias_correction=True))
 
@@ -222,6 +234,26 @@ def _keep(graphs: dict, folder: Path) -> None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _evict_past_limit(in_use: Path) -> None:
+    """Mark `in_use` as just used and remove the least recently used kept encoders past CACHE_LIMIT_BYTES
+    (never `in_use`)."""
+    if not in_use.exists():  # (the cache could not be written)
+        return
+    try:
+        os.utime(in_use)
+        kept = [p for p in in_use.parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        used = 0
+        for entry in sorted(kept, key=lambda p: p.stat().st_mtime, reverse=True):
+            size = sum(f.stat().st_size for f in entry.iterdir())
+            if entry != in_use and used + size > CACHE_LIMIT_BYTES:
+                log.info("removing int8-openvino encoders kept in %s (cache past %d bytes)", entry, CACHE_LIMIT_BYTES)
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                used += size
+    except OSError as error:  # another process evicting at the same time, a read-only cache: not the load's concern
+        log.warning("could not tidy the int8-openvino cache in %s: %s", in_use.parent, error)
+
+
 def _kept_encoders(core, folder: Path) -> dict | None:
     """The encoders an earlier load kept in `folder`, compiled; None when none are kept or they cannot be read
     or compiled (the folder is removed: calibrated again, not fatal)."""
@@ -238,7 +270,7 @@ def _kept_encoders(core, folder: Path) -> dict | None:
 def _compiled(core, graphs: dict) -> dict:
     # OpenVINO has its own thread pool: held to torch's thread budget (set per Ray encoder, for one)
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
-    return {name: core.compile_model(graphs[name], "CPU", config) for name in TOWERS}
+    return {name: core.compile_model(graphs[name], "CPU", config) for name in graphs}
 
 
 def quantize_openvino(loaded, images: list | None = None, texts: list[str] | None = None) -> None:
@@ -252,6 +284,9 @@ def quantize_openvino(loaded, images: list | None = None, texts: list[str] | Non
     import nncf
     import openvino as ov
 
+    if not has_vnni():
+        log.warning("int8-openvino on a CPU without VNNI: calibrated with 7-bit weights, and slower than dtype int8 "
+                    "on such a CPU (AVX2 EPYC: 0.97x plain fp32 against int8's 1.73x)")
     # NNCF's own set_log_level also lowers every handler on its logger, which a host may share (pytest's do)
     logging.getLogger(nncf.__name__).setLevel(logging.ERROR)
     preprocessor = loaded.image_preprocessor
@@ -267,16 +302,13 @@ def quantize_openvino(loaded, images: list | None = None, texts: list[str] | Non
             graphs = _calibrated_graphs(loaded, preprocessor, prepared, ids)
             _keep(graphs, folder)
             compiled = _compiled(core, graphs)
+        _evict_past_limit(folder)
     except Exception as error:  # OpenVINO's and NNCF's own errors: say what to do instead
         log.exception("int8-openvino failed for %s", loaded.name)
         raise ModelLoadError(f"{loaded.name}: OpenVINO could not quantize or compile the encoders ({error}); "
                              "load it with dtype int8 instead.") from None
-    for name, tower in _towers(loaded).items():
+    for name, tower in encoder_towers(loaded.model).items():
         tower.encoder = OpenVinoEncoder(compiled[name], _weights_of(tower.encoder))
-
-
-def _towers(loaded) -> dict:
-    return {"vision": loaded.model.vision_model, "text": loaded.model.text_model}
 
 
 @torch.inference_mode()
@@ -296,4 +328,4 @@ def _calibrated_graphs(loaded, preprocessor, prepared: list, ids: np.ndarray) ->
 
     runs = {"vision": images, "text": texts}
     return {name: _quantized_graph(tower.encoder, _captured_inputs(tower.encoder, runs[name]))
-            for name, tower in _towers(loaded).items()}
+            for name, tower in encoder_towers(loaded.model).items()}

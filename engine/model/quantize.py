@@ -27,9 +27,13 @@ import warnings
 
 import torch
 
-# (tower attribute, module attribute) of what gets quantized in SiglipModel / Siglip2Model
-QUANTIZED_PARTS = (("vision_model", "encoder"), ("text_model", "encoder"))
 INT8 = "int8"
+TOWERS = ("vision", "text")
+
+
+def encoder_towers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The two towers of a SiglipModel / Siglip2Model by name; the int8 paths replace each one's `.encoder`."""
+    return dict(zip(TOWERS, (model.vision_model, model.text_model)))
 
 
 def int8_kernels() -> str:
@@ -71,13 +75,11 @@ def quantize_int8(model: torch.nn.Module, kernels: str | None = None) -> torch.n
     with warnings.catch_warnings(), _packing_for(kernels or int8_kernels()):
         # torch's deprecation notice for torch.ao, once per call: users cannot act on it
         warnings.simplefilter("ignore", (DeprecationWarning, UserWarning, FutureWarning))
-        for tower_name, part_name in QUANTIZED_PARTS:
-            tower = getattr(model, tower_name)
+        for tower in encoder_towers(model).values():
             # per-channel weight scales: a few output rows with large weights do not flatten the rest
-            quantized = quantize_dynamic(getattr(tower, part_name), {torch.nn.Linear: per_channel_dynamic_qconfig},
-                                         dtype=torch.qint8, inplace=True)
-            setattr(tower, part_name, quantized)
-            _exact_gelu(quantized)
+            tower.encoder = quantize_dynamic(tower.encoder, {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                             dtype=torch.qint8, inplace=True)
+            _exact_gelu(tower.encoder)
     return model
 
 

@@ -163,6 +163,21 @@ MUTATIONS = [
              'family = lambda precision: "int8" if precision.startswith("int8") else "float"',
              'family = lambda precision: precision if precision.startswith("int8") else "float"',
              ("tests/test_openvino_int8.py",)),
+    Mutation("int8-openvino: 8-bit weights without VNNI (int16 sums saturate)", "engine/model/openvino_int8.py",
+             "overflow_fix=nncf.OverflowFix.FIRST_LAYER if has_vnni() else nncf.OverflowFix.ENABLE",
+             "overflow_fix=nncf.OverflowFix.FIRST_LAYER", ("tests/test_openvino_int8.py",)),
+    Mutation("int8-openvino: the cache's use not recorded (evicts what is in use first)", "engine/model/openvino_int8.py",
+             "        os.utime(in_use)\n", "        pass\n", ("tests/test_openvino_int8.py",)),
+    Mutation("uploads: a zip's unpacked size not bounded", "app/tab_train.py",
+             "    if unpacked > MAX_UNPACKED_BYTES:", "    if False:", ("tests/test_train_tab.py",)),
+    Mutation("uploads: a finished run's unpacked zip kept forever", "app/tab_train.py",
+             "                shutil.rmtree(unpacked, ignore_errors=True)\n", "                pass\n",
+             ("tests/test_train_tab.py",)),
+    Mutation("uploads: an interrupted run's data removed", "app/tab_train.py",
+             "or unpacked.resolve() in data.parents", "", ("tests/test_train_tab.py",)),
+    Mutation("images: Pillow's warning band of decompression bombs decoded", "engine/model/images.py",
+             "            if opened.width * opened.height > MAX_IMAGE_PIXELS:",
+             "            if opened.width * opened.height > 2 * MAX_IMAGE_PIXELS:", ("tests/test_corpus.py",)),
 ]
 
 
