@@ -155,14 +155,15 @@ def _data_name(studio: Studio, data: str) -> str:
 def fine_tune(studio: Studio, folder: str, upload, mode: str, epochs: float, batch_size: int, lr: float,
               device: str, cancel: threading.Event, progress=None):
     """Run a fine-tune on the loaded model's checkpoint; yields (figure, status, report, out folder)."""
-    data = resolve_data(studio, folder, upload)
     config = TrainConfig(mode=mode, epochs=float(epochs), batch_size=int(batch_size), lr=float(lr) if lr else None,
                          device=None if device == "auto" else device)
-    with studio.job("fine-tuning") as model, _tidied_uploads(studio):
-        out = finetuned_dir(studio) / f"{Path(str(model.directory)).name}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
-        yield from _follow(lambda on_event, should_stop: train(str(model.directory), data, out, config,
-                                                               on_event=on_event, should_stop=should_stop),
-                           cancel, progress)
+    with _tidied_uploads(studio):  # (also when the run is refused: an upload is not left unpacked for nothing)
+        data = resolve_data(studio, folder, upload)
+        with studio.job("fine-tuning") as model:
+            out = finetuned_dir(studio) / f"{Path(str(model.directory)).name}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+            yield from _follow(lambda on_event, should_stop: train(str(model.directory), data, out, config,
+                                                                   on_event=on_event, should_stop=should_stop),
+                               cancel, progress)
 
 
 def resume_fine_tune(studio: Studio, run_folder: str, cancel: threading.Event, progress=None):
@@ -207,19 +208,25 @@ def _follow(run: Callable, cancel: threading.Event, progress):
     thread = threading.Thread(target=work, name="fine-tune", daemon=True)
     thread.start()
     history, validation = [], []
-    while True:
-        event = events.get()
-        if event is None:
-            break
-        history.append({"step": event.step, "loss": event.loss})
-        if event.validation:
-            key, value = next(iter(event.validation.items()))
-            validation.append({"step": event.step, "metric": key, "value": value})
-        if progress is not None:
-            progress((event.step, event.total_steps), desc="fine-tuning", unit="steps")
-        yield (loss_figure(history, validation),
-               f"step {event.step}/{event.total_steps} · loss {event.loss:.3f} · {event.seconds:.0f} s", "", "")
-    thread.join()
+    finished = False
+    try:
+        while True:
+            event = events.get()
+            if event is None:
+                finished = True
+                break
+            history.append({"step": event.step, "loss": event.loss})
+            if event.validation:
+                key, value = next(iter(event.validation.items()))
+                validation.append({"step": event.step, "metric": key, "value": value})
+            if progress is not None:
+                progress((event.step, event.total_steps), desc="fine-tuning", unit="steps")
+            yield (loss_figure(history, validation),
+                   f"step {event.step}/{event.total_steps} · loss {event.loss:.3f} · {event.seconds:.0f} s", "", "")
+    finally:
+        if not finished:  # closed early (the page left, the job cancelled by Gradio): stop at a checkpoint
+            cancel.set()
+        thread.join()
     if "error" in outcome:
         error = outcome["error"]
         raise error if isinstance(error, StudioError) else StudioError(f"Fine-tuning failed: {error}")

@@ -209,11 +209,11 @@ def test_the_cache_keeps_the_most_recently_used_encoders_within_its_limit(naflex
     assert [p.name for p in cache_root().iterdir()] == [in_use.name]
 
 
-def test_without_vnni_the_weights_keep_to_seven_bits(naflex_dir, naflex_model, monkeypatch):
+def test_where_int8_sums_saturate_the_weights_keep_to_seven_bits(naflex_dir, naflex_model, monkeypatch):
     """On a CPU without VNNI, OpenVINO sums pairs of u8 × s8 products in int16: 8-bit weights saturate it (image
     embeddings at cosine 0.88 of fp32 on an AVX2 CPU, tiny model), 7-bit ones do not. Run on any CPU, this
     checks the 7-bit calibration; on a CPU without VNNI the parity tests above check the choice too."""
-    monkeypatch.setattr(openvino_int8, "has_vnni", lambda: False)
+    monkeypatch.setattr(openvino_int8, "int8_sums_saturate", lambda: True)
     assert openvino_int8._quantization_settings()["advanced_parameters"].overflow_fix.value == "enable"
     seven_bit = load_model(str(naflex_dir), dtype="int8-openvino")
     images = [random_image(200 + 40 * i, 320 - 30 * i, seed=i) for i in range(5)]

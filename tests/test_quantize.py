@@ -94,6 +94,13 @@ def test_precision_names(naflex_dir, naflex_model):
     assert load_model(str(naflex_dir), dtype="bf16").precision == "bf16"
 
 
+def test_the_app_started_with_int8_gets_its_test_model_in_int8(tmp_path):
+    from app.studio import Studio
+
+    assert Studio(index_dir=tmp_path, allowed_roots=[tmp_path], dtype="int8").load_test_model().precision == "int8"
+    assert Studio(index_dir=tmp_path, allowed_roots=[tmp_path]).load_test_model().precision == "fp32"
+
+
 def test_index_records_and_enforces_precision(naflex_model, naflex_int8, tmp_path):
     folder, index_dir = photo_folder(tmp_path, 4)
     build_index(naflex_model, folder, "exact", index_dir)

@@ -146,9 +146,9 @@ def test_a_finished_runs_upload_is_removed_and_an_interrupted_ones_kept(studio, 
 
     studio, data = studio
     upload = tmp_path / "shapes.zip"
-    with zipfile.ZipFile(upload, "w") as archive:
-        for file in data["classes"].rglob("*"):
-            archive.write(file, file.relative_to(data["classes"]))
+    with zipfile.ZipFile(upload, "w") as archive:  # class folders inside a top folder: the run's data lies below
+        for file in data["classes"].rglob("*"):    # the unpacked folder, not at it
+            archive.write(file, Path("shapes") / file.relative_to(data["classes"]))
     (training_data_dir(studio) / ".unpacking-crashed").mkdir(parents=True)
     cancel = threading.Event()
     cancel.set()
@@ -162,3 +162,22 @@ def test_a_finished_runs_upload_is_removed_and_an_interrupted_ones_kept(studio, 
     assert not any(training_data_dir(studio).iterdir())
     *_, again = fine_tune(studio, "", str(upload), "probe", 1, 8, 1e-3, "cpu", threading.Event())
     assert again[1].startswith("Done") and not any(training_data_dir(studio).iterdir())
+
+
+def test_a_run_whose_page_goes_away_stops_at_a_checkpoint(studio, tmp_path):
+    """Gradio closes the handler's generator when the job is cancelled or the page leaves: the training thread
+    stops at a checkpoint (resumable, its uploaded data kept) before the model queue takes the next job."""
+    from app.tab_train import fine_tune, run_choices, training_data_dir
+
+    studio, data = studio
+    upload = tmp_path / "shapes.zip"
+    with zipfile.ZipFile(upload, "w") as archive:
+        for file in data["classes"].rglob("*"):
+            archive.write(file, Path("shapes") / file.relative_to(data["classes"]))
+    running = fine_tune(studio, "", str(upload), "probe", 20, 8, 1e-3, "cpu", threading.Event())
+    next(running)  # the first step is done
+    running.close()
+    assert not [t for t in threading.enumerate() if t.name == "fine-tune"]
+    [(label, _)] = run_choices(studio)
+    assert "probe" in label and "data shapes.zip" in label
+    assert len(list(training_data_dir(studio).iterdir())) == 1

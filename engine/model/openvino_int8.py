@@ -159,26 +159,30 @@ def cache_root() -> Path:
     return Path(os.environ.get("STUDIO_CACHE") or Path.home() / ".cache" / "siglip2-studio") / "openvino"
 
 
-def has_vnni() -> bool:
-    """Whether this CPU has AVX-512 VNNI, whose int8 dot products accumulate in int32. Without it (AVX2 alone)
-    OpenVINO's int8 matmuls add pairs of u8 × s8 products in int16, which saturates unless the weights keep
-    to 7 bits."""
-    check = getattr(torch.cpu, "_is_vnni_supported", None)  # (torch's, private: absent means unknown, so no)
-    return bool(check and check())
+def int8_sums_saturate() -> bool:
+    """Whether OpenVINO's int8 matmuls on this CPU add pairs of u8 × s8 products in int16, which saturates
+    unless the weights keep to 7 bits: x86 without VNNI (AVX2 alone, or AVX-512 without VNNI). With AVX-512
+    VNNI, AVX-VNNI or AMX the sums are int32 (NNCF's OverflowFix names SSE, AVX2 and AVX-512 as affected)."""
+    try:
+        capabilities = torch.cpu.get_capabilities()
+    except Exception:  # noqa: BLE001 - unknown CPU: assume the worst, 7-bit weights are still close to exact
+        return True
+    vnni = any(capabilities.get(name) for name in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return capabilities.get("architecture", "x86_64").startswith(("x86", "i386", "i686")) and not vnni
 
 
 def _quantization_settings() -> dict:
     """NNCF's settings. SmoothQuant is off: on generated weights it moved the embeddings of photos unlike the
     calibration set to cosine 0.966 of fp32 (0.9997 without it); bias correction is off (0.9997 either way,
-    a fifth more calibration time). Without VNNI every layer's weights keep to 7 bits (NNCF's overflow fix;
-    its default fixes the first layer only): on an AVX2 CPU the B/16 image embeddings fell to cosine 0.89 of
+    a fifth more calibration time). Where int8 sums saturate every layer's weights keep to 7 bits (NNCF's
+    overflow fix; its default fixes the first layer only): on an AVX2 CPU the B/16 image embeddings fell to cosine 0.89 of
     fp32 without it, 0.9995 with it."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     return dict(model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.PERFORMANCE,
                 advanced_parameters=AdvancedQuantizationParameters(
-                    overflow_fix=nncf.OverflowFix.FIRST_LAYER if has_vnni() else nncf.OverflowFix.ENABLE,
+                    overflow_fix=nncf.OverflowFix.ENABLE if int8_sums_saturate() else nncf.OverflowFix.FIRST_LAYER,
                     smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1),
                     disable_bias_correction=True))
 
@@ -284,9 +288,9 @@ def quantize_openvino(loaded, images: list | None = None, texts: list[str] | Non
     import nncf
     import openvino as ov
 
-    if not has_vnni():
-        log.warning("int8-openvino on a CPU without VNNI: calibrated with 7-bit weights, and slower than dtype int8 "
-                    "on such a CPU (AVX2 EPYC: 0.97x plain fp32 against int8's 1.73x)")
+    if int8_sums_saturate():
+        log.warning("int8-openvino on an x86 CPU without VNNI: 7-bit weights, and slower than dtype int8 on such a "
+                    "CPU (measured on an AVX2 EPYC: 0.97x plain fp32 against int8's 1.73x)")
     # NNCF's own set_log_level also lowers every handler on its logger, which a host may share (pytest's do)
     logging.getLogger(nncf.__name__).setLevel(logging.ERROR)
     preprocessor = loaded.image_preprocessor
