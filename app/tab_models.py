@@ -58,6 +58,10 @@ def paper_table() -> list[list]:
              number(c.coco_image_to_text)] for c in CHECKPOINTS]
 
 
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+DTYPES = ["auto", "fp32", "bf16", "fp16", "int8", "int8-openvino"]
+
+
 def build(studio: Studio, banner_box: gr.Markdown) -> None:
     with gr.Row():
         with gr.Column(scale=2):
@@ -68,9 +72,10 @@ def build(studio: Studio, banner_box: gr.Markdown) -> None:
             local = gr.Textbox(loaded.name if loaded and not released else "", placeholder="/models/siglip2",
                                label="…or a local checkpoint folder (Hugging Face layout)")
             with gr.Row():
-                device = gr.Dropdown(["auto", "cpu", "cuda", "mps"], value="auto", label="Device",
-                                     info="auto: cuda, then mps, then cpu (the int8 dtypes run on the cpu only)")
-                dtype = gr.Dropdown(["auto", "fp32", "bf16", "fp16", "int8", "int8-openvino"], value="auto",
+                # they start at what the app was started with (--device, --dtype), which loads here keep
+                device = gr.Dropdown(DEVICES, value=studio.device if studio.device in DEVICES else "auto",
+                                     label="Device", info="auto: cuda, then mps, then cpu (the int8 dtypes run on the cpu only)")
+                dtype = gr.Dropdown(DTYPES, value=studio.dtype if studio.dtype in DTYPES else "auto",
                                     label="Dtype (int8: CPU only)",
                                     info="int8-openvino: fastest on CPUs with VNNI (elsewhere int8 is faster); "
                                          "first load calibrates (~40 s for B/16)")

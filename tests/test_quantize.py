@@ -94,11 +94,19 @@ def test_precision_names(naflex_dir, naflex_model):
     assert load_model(str(naflex_dir), dtype="bf16").precision == "bf16"
 
 
-def test_the_app_started_with_int8_gets_its_test_model_in_int8(tmp_path):
-    from app.studio import Studio
+def test_the_app_started_with_int8_keeps_int8(tmp_path):
+    """app.py --dtype int8: its test model is int8, and the Models tab's loads start at int8, not auto."""
+    import gradio as gr
 
-    assert Studio(index_dir=tmp_path, allowed_roots=[tmp_path], dtype="int8").load_test_model().precision == "int8"
+    from app.studio import Studio
+    from app.ui import build_app
+
+    studio = Studio(index_dir=tmp_path, allowed_roots=[tmp_path], dtype="int8")
+    assert studio.load_test_model().precision == "int8"
     assert Studio(index_dir=tmp_path, allowed_roots=[tmp_path]).load_test_model().precision == "fp32"
+    [dtype] = [block for block in build_app(studio).blocks.values()
+               if isinstance(block, gr.Dropdown) and str(block.label).startswith("Dtype")]
+    assert dtype.value == "int8"
 
 
 def test_index_records_and_enforces_precision(naflex_model, naflex_int8, tmp_path):

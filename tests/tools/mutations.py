@@ -177,6 +177,8 @@ MUTATIONS = [
              "or unpacked.resolve() in data.parents", "", ("tests/test_train_tab.py",)),
     Mutation("fine-tune: a closed handler's training left running to the end", "app/tab_train.py",
              "        if not finished:", "        if False:", ("tests/test_train_tab.py",)),
+    Mutation("models tab: the app's --dtype dropped by its loads", "app/tab_models.py",
+             'value=studio.dtype if studio.dtype in DTYPES else "auto"', 'value="auto"', ("tests/test_quantize.py",)),
     Mutation("images: Pillow's warning band of decompression bombs decoded", "engine/model/images.py",
              "            if opened.width * opened.height > MAX_IMAGE_PIXELS:",
              "            if opened.width * opened.height > 2 * MAX_IMAGE_PIXELS:", ("tests/test_corpus.py",)),
