@@ -239,12 +239,11 @@ def _keep(graphs: dict, folder: Path) -> None:
 
 
 def _evict_past_limit(in_use: Path) -> None:
-    """Mark `in_use` as just used and remove the least recently used kept encoders past CACHE_LIMIT_BYTES
-    (never `in_use`)."""
+    """Remove the least recently used kept encoders past CACHE_LIMIT_BYTES (never `in_use`). Recency is the
+    folders' mtime: set when one is written, and when one is read (`_kept_encoders`)."""
     if not in_use.exists():  # (the cache could not be written)
         return
     try:
-        os.utime(in_use)
         kept = [p for p in in_use.parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
         used = 0
         for entry in sorted(kept, key=lambda p: p.stat().st_mtime, reverse=True):
@@ -264,6 +263,7 @@ def _kept_encoders(core, folder: Path) -> dict | None:
     if not (folder / "text.xml").exists():
         return None
     try:
+        os.utime(folder)  # used now: another process tidying the cache leaves it alone from here on
         return _compiled(core, {name: core.read_model(folder / f"{name}.xml") for name in TOWERS})
     except Exception as error:  # noqa: BLE001 - a damaged cache is calibrated again
         log.warning("the int8-openvino encoders kept in %s could not be read (%s); calibrating again", folder, error)
