@@ -61,11 +61,12 @@ class Studio:
         finally:
             self.loading = False
 
-    def load_test_model(self, arch: str = "naflex") -> LoadedModel:
+    def load_test_model(self, arch: str = "naflex", dtype: str | None = None) -> LoadedModel:
+        """The small generated, untrained model, on the CPU, in `dtype` (default: the app's, else fp32)."""
         folder = Path(tempfile.gettempdir()) / f"siglip2-studio-test-model-{arch}"
         if not (folder / "model.safetensors").exists():
             make_test_model(folder, arch=arch, size="tiny", seed=0)
-        return self.load(str(folder), device="cpu", dtype=self.dtype or "fp32")  # (app.py --dtype int8 applies)
+        return self.load(str(folder), device="cpu", dtype=dtype or self.dtype or "fp32")
 
     def set_max_patches(self, patches: int) -> LoadedModel:
         """A new NaFlex sequence length changes every image result: cached examples go with it."""

@@ -105,13 +105,13 @@ def build(studio: Studio, banner_box: gr.Markdown) -> None:
         return model_summary(studio), ""
 
     @shown_in_place("keep", "keep", "notes")
-    def do_load_test():
-        studio.load_test_model()
+    def do_load_test(dtype_name: str = "auto"):
+        studio.load_test_model(dtype=dtype_name)  # (on the CPU whatever the device chosen)
         return model_summary(studio), banner(studio), ""
 
     load.click(do_load, [choice, local, device, dtype, max_patches], [summary, banner_box, load_notes],
                api_name="load_model", concurrency_id="loader", concurrency_limit=1)
     max_patches.change(do_set_patches, max_patches, [summary, load_notes], api_name="set_max_patches",
                        concurrency_id=MODEL_QUEUE)
-    load_test.click(do_load_test, None, [summary, banner_box, load_notes], api_name="load_test_model",
+    load_test.click(do_load_test, dtype, [summary, banner_box, load_notes], api_name="load_test_model",
                     concurrency_id="loader", concurrency_limit=1)

@@ -185,9 +185,11 @@ def test_app_starts_without_a_model(tmp_path):
         summary, banner, notes = client.predict("/no/such/checkpoint", "", "auto", "auto", 256,
                                                 api_name="/load_model")
         assert "no such model folder" in notes and summary == {"__type__": "update"}  # left as it was
-        summary, _, notes = client.predict(api_name="/load_test_model")
+        summary, _, notes = client.predict(api_name="/load_test_model")  # the Dtype dropdown's value: auto
         assert notes == ""
-        assert "Untrained test model" in summary
+        assert "Untrained test model" in summary and "cpu, fp32" in summary
+        summary, _, _ = client.predict("int8", api_name="/load_test_model")
+        assert "cpu, int8" in summary
         scores, _ = client.predict(example, "a cat, a rocket launch", "this is a photo of {}.",
                                    api_name="/classify")
         assert len(scores["confidences"]) == 2
