@@ -74,7 +74,8 @@ def build(studio: Studio, banner_box: gr.Markdown) -> None:
             with gr.Row():
                 # they start at what the app was started with (--device, --dtype), which loads here keep
                 device = gr.Dropdown(DEVICES, value=studio.device if studio.device in DEVICES else "auto",
-                                     label="Device", info="auto: cuda, then mps, then cpu (the int8 dtypes run on the cpu only)")
+                                     label="Device",
+                                     info="auto: cuda, then mps, then cpu (the int8 dtypes run on the cpu only)")
                 dtype = gr.Dropdown(DTYPES, value=studio.dtype if studio.dtype in DTYPES else "auto",
                                     label="Dtype (int8: CPU only)",
                                     info="int8-openvino: fastest on CPUs with VNNI (elsewhere int8 is faster); "

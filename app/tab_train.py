@@ -116,8 +116,7 @@ def _check_members(zip_name: str, members: list[zipfile.ZipInfo], free_bytes: in
     unpacked = sum(member.file_size for member in members)
     if unpacked > MAX_UNPACKED_BYTES:
         raise StudioError(f"{zip_name}: unpacks to {_size(unpacked)}, more than the {_size(MAX_UNPACKED_BYTES)} "
-                          "an upload may take; "
-                          "train from a folder on the server instead (--allowed-root).")
+                          "an upload may take; train from a folder on the server instead (--allowed-root).")
     if unpacked > free_bytes:
         raise StudioError(f"{zip_name}: unpacks to {_size(unpacked)}, but only {_size(free_bytes)} is free on "
                           "the server's disk.")

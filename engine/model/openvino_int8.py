@@ -175,8 +175,8 @@ def _quantization_settings() -> dict:
     """NNCF's settings. SmoothQuant is off: on generated weights it moved the embeddings of photos unlike the
     calibration set to cosine 0.966 of fp32 (0.9997 without it); bias correction is off (0.9997 either way,
     a fifth more calibration time). Where int8 sums saturate every layer's weights keep to 7 bits (NNCF's
-    overflow fix; its default fixes the first layer only): on an AVX2 CPU the B/16 image embeddings fell to cosine 0.89 of
-    fp32 without it, 0.9995 with it."""
+    overflow fix; its default fixes the first layer only): on an AVX2 CPU the B/16 image embeddings fell to
+    cosine 0.89 of fp32 without it, 0.9995 with it."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
