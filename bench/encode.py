@@ -1,5 +1,6 @@
 """Image-encoding throughput of the B/16 configuration, fixed 224 and NaFlex 256, in one run on the same
-images: transformers called plainly (its image processor + get_image_features, fp32), the engine in fp32,
+images: transformers called plainly (its image processor + get_image_features, fp32, in a process of its own:
+bench/plain.py), the engine in fp32,
 the engine's int8 CPU paths (torch's dynamic int8, and OpenVINO's static int8 where openvino and nncf are
 installed), and any other backend asked for, with each one's ratio to plain transformers
 given the same input (decoded images, or the JPEG files: what a user has) and the cosine of its embeddings
@@ -31,25 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from bench.common import build_line, checkpoint, machine, photos, timed  # noqa: E402
+from bench.plain import Measured, PlainProcess, minor_faults  # noqa: E402
 from engine.model.openvino_int8 import openvino_available  # noqa: E402
 
 TEXTS = ["a photo of a cat", "ein foto von einem hund im park", "a red car parked on the street at night",
          "一只猫坐在沙发上", "une photo d'un chat sur le canapé", "a bowl of fruit on a wooden table"] * 4
-
-
-def plain_transformers(model, processor, images, batch: int) -> np.ndarray:
-    """What a careful user writes with transformers alone: batched processor + get_image_features."""
-    import torch
-
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch):
-            inputs = processor(images=images[start : start + batch], return_tensors="pt").to(model.device)
-            if "pixel_values" in inputs:
-                inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-            output = model.get_image_features(**inputs).pooler_output
-            chunks.append(torch.nn.functional.normalize(output.float(), dim=-1).cpu().numpy())
-    return np.concatenate(chunks)
 
 
 def cosine_to(reference: np.ndarray, vectors: np.ndarray) -> str:
@@ -57,20 +44,23 @@ def cosine_to(reference: np.ndarray, vectors: np.ndarray) -> str:
     return f"cos min {cosines.min():.5f} mean {cosines.mean():.5f}"
 
 
-def interleaved(variants: dict, rounds: int) -> dict[str, tuple[float, np.ndarray]]:
-    """{name: (median seconds, last output)}, running the variants in turn, `rounds` times."""
-    seconds: dict[str, list[float]] = {name: [] for name in variants}
-    outputs = {}
+def interleaved(variants: dict, rounds: int) -> dict[str, Measured]:
+    """{name: median seconds and page faults of its rounds, and its last output}, running the variants in turn,
+    `rounds` times. A variant may time itself where it runs (bench.plain's process) by returning Measured."""
+    measured: dict[str, list[Measured]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, run in variants.items():
-            elapsed, outputs[name] = timed(run)
-            seconds[name].append(elapsed)
-    return {name: (statistics.median(times), outputs[name]) for name, times in seconds.items()}
+            faults = minor_faults()
+            elapsed, output = timed(run)
+            if not isinstance(output, Measured):
+                output = Measured(elapsed, output, minor_faults() - faults)
+            measured[name].append(output)
+    return {name: Measured(statistics.median(m.seconds for m in runs), runs[-1].output,
+                           statistics.median(m.faults for m in runs)) for name, runs in measured.items()}
 
 
 def cpu_comparison(args, arch: str) -> None:
     from PIL import Image
-    from transformers import AutoImageProcessor
 
     from engine import load_model
     from engine.model.encode import embed_pixel_batch, encode_images, encode_texts
@@ -78,20 +68,21 @@ def cpu_comparison(args, arch: str) -> None:
 
     source = args.model or str(checkpoint(arch, args.size))
     fp32 = load_model(source, device="cpu", dtype="fp32", max_num_patches=args.max_patches)
+    if fp32.arch != arch:
+        return
+    paths = photos(args.images)
+    batch = args.batch or 8
+    plain = PlainProcess(fp32.directory, fp32.image_preprocessor.max_num_patches if arch == "naflex" else None,
+                         paths, batch)
     int8 = load_model(source, dtype="int8", max_num_patches=args.max_patches)
     # first load of a checkpoint calibrates (about 40 s for B/16 here), later ones read the kept encoders
     openvino = load_model(source, dtype="int8-openvino", max_num_patches=args.max_patches) \
         if openvino_available() else None
-    if fp32.arch != arch:
-        return
-    processor = AutoImageProcessor.from_pretrained(str(fp32.directory))
-    if fp32.arch == "naflex":
-        processor.max_num_patches = fp32.image_preprocessor.max_num_patches
-    paths = photos(args.images)
     decoded = [Image.open(p).convert("RGB") for p in paths]
-    batch = args.batch or 8
+    batches = -(-len(paths) // batch)
     print(f"\n{args.size if not args.model else source} {arch} {fp32.image_setting}, {len(paths)} JPEGs "
-          f"(640×480 to 1600×1200), batch {batch}, {args.rounds} interleaved rounds, median round:")
+          f"(640×480 to 1600×1200), batch {batch}, {args.rounds} interleaved rounds, median round; plain "
+          f"transformers in a process of its own (glibc's default malloc):")
 
     engines = {"engine fp32": fp32, "engine int8": int8}
     if openvino:
@@ -101,11 +92,10 @@ def cpu_comparison(args, arch: str) -> None:
     if args.compile:
         for name, model in (("fp32", fp32), ("int8", int8)):  # the same weights, compiled (no second load)
             engines[f"engine {name} + torch.compile"] = dataclasses.replace(model, compiled=True)
-    variants = {"transformers fp32 (plain)": lambda: plain_transformers(fp32.model, processor, decoded, batch)}
+    variants = {"transformers fp32 (plain)": lambda: plain.run(from_files=False)}
     for name, model in engines.items():
         variants[name] = lambda model=model: encode_images(model, decoded, batch_size=batch).vectors
-    variants["transformers fp32 (plain), from JPEG files"] = lambda: plain_transformers(
-        fp32.model, processor, [Image.open(p).convert("RGB") for p in paths], batch)
+    variants["transformers fp32 (plain), from JPEG files"] = lambda: plain.run(from_files=True)
     variants["engine fp32, from JPEG files"] = lambda: encode_images(fp32, paths, batch_size=batch).vectors
     variants["engine int8, from JPEG files"] = lambda: encode_images(int8, paths, batch_size=batch).vectors
     if openvino:
@@ -120,16 +110,17 @@ def cpu_comparison(args, arch: str) -> None:
         encode_images(model, decoded[:batch], batch_size=batch)
         if len(decoded) % batch:  # the last, smaller batch: a fixed-size compiled model recompiles once for it
             encode_images(model, decoded[: len(decoded) % batch], batch_size=batch)
-    plain_transformers(fp32.model, processor, decoded[:2], 2)
     print(f"  (warm-up {time.perf_counter() - warm:.0f} s)")
 
     results = interleaved(variants, args.rounds)
-    reference = results["engine fp32"][1]
-    for name, (seconds, vectors) in results.items():
+    plain.close()
+    reference = results["engine fp32"].output
+    for name, result in results.items():
         # each row against plain transformers given the same input: decoded images, or the JPEG files
-        plain = "transformers fp32 (plain)" + (", from JPEG files" if "from JPEG files" in name else "")
-        print(f"  {name:44s} {len(paths) / seconds:8.2f} img/s  {results[plain][0] / seconds:5.2f}× plain  "
-              f"{cosine_to(reference, vectors)}")
+        baseline = "transformers fp32 (plain)" + (", from JPEG files" if "from JPEG files" in name else "")
+        print(f"  {name:44s} {len(paths) / result.seconds:8.2f} img/s  "
+              f"{results[baseline].seconds / result.seconds:5.2f}× plain  {cosine_to(reference, result.output)}  "
+              f"{result.faults / batches:,.0f} page faults per batch")
 
     # the model alone, on already preprocessed images (what the int8 path changes), and the texts
     prepared = [fp32.image_preprocessor(open_image(p)) for p in paths]
@@ -139,19 +130,20 @@ def cpu_comparison(args, arch: str) -> None:
                                for i in range(0, len(prepared), batch)])
 
     timings = interleaved({name: (lambda m=m: model_only(m)) for name, m in engines.items()}, args.rounds)
-    base_s = timings["engine fp32"][0]
-    for name, (seconds, vectors) in timings.items():
-        print(f"  model only, {name:28s} {len(paths) / seconds:8.2f} img/s  {base_s / seconds:5.2f}× fp32  "
-              f"{cosine_to(timings['engine fp32'][1], vectors)}")
+    _print_against_fp32(timings, "model only", len(paths), "img/s")
     texts = interleaved({name: (lambda m=m: encode_texts(m, TEXTS).vectors) for name, m in engines.items()
                          if "compile" not in name}, args.rounds)
-    base_s = texts["engine fp32"][0]
-    for name, (seconds, vectors) in texts.items():
-        print(f"  texts, {name:33s} {len(TEXTS) / seconds:8.2f} txt/s  {base_s / seconds:5.2f}× fp32  "
-              f"{cosine_to(texts['engine fp32'][1], vectors)}")
+    _print_against_fp32(texts, "texts", len(TEXTS), "txt/s")
     for name in ("engine int8-openvino", "engine int8", "engine fp32"):
         if name in engines:
             build_against_model(engines[name], name, paths, batch)
+
+
+def _print_against_fp32(results: dict[str, Measured], what: str, count: int, unit: str) -> None:
+    base = results["engine fp32"]
+    for name, result in results.items():
+        print(f"  {what}, {name:{44 - len(what)}s} {count / result.seconds:8.2f} {unit}  "
+              f"{base.seconds / result.seconds:5.2f}× fp32  {cosine_to(base.output, result.output)}")
 
 
 def int8_packed_for(source: str, max_patches: int | None, kernels: str):

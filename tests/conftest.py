@@ -73,6 +73,24 @@ def random_image(height: int, width: int, seed: int = 0, mode: str = "RGB") -> I
     return Image.fromarray(base).resize((width, height), Image.Resampling.BILINEAR).convert(mode)
 
 
+def warnings_of_a_users_script(naflex_dir, dtypes: tuple[str, ...], env: dict[str, str]) -> str:
+    """The standard error of a user's script, run with every warning shown, that loads the test model in
+    each of `dtypes` and then warns once itself."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (f"from engine import load_model\n"
+              f"for dtype in {dtypes!r}: load_model({str(naflex_dir)!r}, dtype=dtype)\n"
+              f"import warnings; warnings.warn('a warning of the user\\'s own')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[1],
+                          env={**os.environ, "PYTHONWARNINGS": "default", **env})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "a warning of the user's own" in done.stderr  # warnings in general are still shown
+    return done.stderr
+
+
 def photo_folder(tmp_path, count: int):
     """(folder, index folder): `count` small random JPEGs in tmp_path/photos, indexes to go in tmp_path/indexes."""
     folder = tmp_path / "photos"

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import photo_folder, random_image
+from conftest import photo_folder, random_image, warnings_of_a_users_script
 from engine import load_model
 from engine.errors import IndexStoreError, InspectError, ModelLoadError
 from engine.index.build import build_index
@@ -221,3 +221,11 @@ def test_where_int8_sums_saturate_the_weights_keep_to_seven_bits(naflex_dir, naf
     assert cosines.min() >= TINY_COSINE
     cosines = _cosines(encode_texts(naflex_model, TEXTS).vectors, encode_texts(seven_bit, TEXTS).vectors)
     assert cosines.min() >= TINY_COSINE
+
+
+def test_the_tracers_warnings_stay_out_of_a_users_output(naflex_dir, tmp_path):
+    """Tracing the encoder for OpenVINO warns of shape branches and of torch.jit.trace's deprecation:
+    filtered for those alone (see test_quantize's notices test), never shown to a user's script."""
+    stderr = warnings_of_a_users_script(naflex_dir, ("int8-openvino",), {"STUDIO_CACHE": str(tmp_path)})
+    for notice in ("TracerWarning", "torch.jit.trace"):
+        assert notice not in stderr, stderr[-2000:]

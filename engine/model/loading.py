@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import torch
 
 from ..errors import ModelLoadError
+from .allocator import keep_freed_memory
 from .preprocess import ImagePreprocessor, check_sequence_length
 from .openvino_int8 import OPENVINO_INT8, SUPPORTED_ATTENTION, quantize_openvino
 from .quantize import INT8, packed_weights, quantize_int8
@@ -249,6 +250,8 @@ def load_model(
     except Exception as error:
         raise ModelLoadError(f"{name_or_path}: the weights could not be loaded ({error})") from None
     model.to(torch_device).eval()
+    if torch_device.type == "cpu":
+        keep_freed_memory()
     if quantization == INT8:
         quantize_int8(model)
 
