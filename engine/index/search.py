@@ -158,9 +158,10 @@ def _nearest(index: ImageIndex, model: LoadedModel, vector: np.ndarray, k: int, 
     if not index.index.ntotal or (allowed is not None and not len(allowed)):
         return []
     scores, ids = index.search_vectors(vector[None, :], k + (exclude is not None), allowed)
-    probabilities = probabilities_from_cosine(model, scores[0])
-    found = [(float(s), int(i), float(p)) for s, i, p in zip(scores[0], ids[0], probabilities)
-             if i >= 0 and i != exclude][:k]
+    # slots FAISS could not fill (id -1) carry a score of -FLT_MAX: left out before it is scaled into a logit
+    kept = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and i != exclude][:k]
+    probabilities = probabilities_from_cosine(model, np.array([s for s, _ in kept], dtype=np.float32))
+    found = [(score, image_id, float(p)) for (score, image_id), p in zip(kept, probabilities)]
     records = index.catalog.images(i for _, i, _ in found)
     hits = []
     for score, image_id, probability in found:
