@@ -4,7 +4,7 @@ An encode allocates and frees the same large buffers batch after batch: activati
 the int8 path the quantized copies of each layer's input. glibc gives such memory back to the kernel: the
 main heap's top past a (sliding) trim threshold, a thread's heap as soon as it is empty (Gradio runs each
 request in a worker thread), and every block over 32 MB, which it maps apart. The next batch then takes it
-back page by page: about 100,000 page faults per int8 batch of 8 images of B/16 NaFlex 256, 10–15 % of its
+back page by page: about 100,000 page faults per int8 batch of 8 images of B/16 NaFlex 256, about 15 % of its
 time on 2 cores (`python bench/encode.py` prints the faults per batch). So, on a CPU, `keep_freed_memory`
 raises the thresholds and pads each heap's top, as tcmalloc or jemalloc (which Intel advises preloading for
 PyTorch on CPUs) would. Blocks over 32 MB (batches of 32 at 256 patches) are still mapped apart; cutting
