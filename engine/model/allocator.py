@@ -50,8 +50,8 @@ def keep_freed_memory() -> bool:
         libc = ctypes.CDLL("libc.so.6")
         _kept = all(libc.mallopt(option, value) for option, value in (
             (M_MMAP_THRESHOLD, LARGEST_HEAP_BLOCK), (M_TRIM_THRESHOLD, KEEP_BYTES), (M_TOP_PAD, TOP_PAD_BYTES)))
-    except (OSError, AttributeError):
-        _kept = False
+    except (OSError, AttributeError):  # no libc.so.6 or no mallopt in it: left as it is
+        pass
     log.debug("malloc keeps freed memory: %s", _kept)
     return _kept
 
