@@ -9,11 +9,13 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
 
 from engine import StudioError
+from engine.index.build import uploads_folder
 from engine.index.store import list_indexes
 from engine.model.images import open_image
 
@@ -128,3 +130,26 @@ def index_choices(index_dir) -> tuple[list[str], str | None]:
     names = list_indexes(index_dir)
     changed = {name: (Path(index_dir) / name / "catalog.sqlite").stat().st_mtime for name in names}
     return names, max(names, key=changed.get) if names else None
+
+
+def index_dropdown(studio, label: str, elem_id: str) -> gr.Dropdown:
+    """A choice of the indexes, the latest changed one preselected; its list is read again when it is opened
+    (ui.build_app also fills it afresh at every page load, so indexes built since the app started show)."""
+    names, latest = index_choices(studio.index_dir)
+    dropdown = gr.Dropdown(names, value=latest, label=label, allow_custom_value=True, elem_id=elem_id)
+    dropdown.focus(lambda: gr.Dropdown(choices=index_choices(studio.index_dir)[0]), None, dropdown,
+                   api_name=False, queue=False)
+    return dropdown
+
+
+def fresh_index_dropdowns(studio, count: int) -> list[gr.Dropdown]:
+    """`count` index dropdowns' updates at a page load: today's indexes, the latest changed one chosen."""
+    names, latest = index_choices(studio.index_dir)
+    return [gr.Dropdown(choices=names, value=latest) for _ in range(count)]
+
+
+def path_as_known(index_dir) -> Callable[[str], str]:
+    """Shows a stored image path as its user knows it: an uploaded file by its own name (the folder it was
+    copied to is the app's), any other by its full path."""
+    uploads = f"{uploads_folder(index_dir)}{os.sep}"
+    return lambda path: Path(path).name if str(path).startswith(uploads) else str(path)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import LoadedModel, StudioError, load_model
+from engine.index.store import ImageIndex, index_exists
 from engine.model.encode import serve_concurrently, stop_serving
 from engine.model.text import short_text
 from engine.paths import AllowedRoots
@@ -121,6 +122,16 @@ class Studio:
         if not path.is_dir():
             raise StudioError(f"{short_text(folder.strip())}: no such folder on the server.")
         return path
+
+    def open_index(self, name: str) -> ImageIndex:
+        """Index `name` for reading, or an error worded for the page (no server path, no command line)."""
+        name = (name or "").strip()
+        if not name:
+            raise StudioError("Choose an index, or build one in the Search tab first.")
+        if not index_exists(name, self.index_dir):
+            raise StudioError(f"No index named {short_text(name)!r}: build it in the Search tab (“Create or update "
+                              "an index”), or choose one from the list.")
+        return ImageIndex.open(name, self.index_dir)
 
     def notes(self, warnings: list[str] = (), failures=()) -> str:
         """Markdown for a result: the untrained-model banner, warnings and skipped inputs."""

@@ -3,6 +3,7 @@ zero-shot label, with a text query placed on the map and thumbnails on click."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,11 +15,13 @@ from engine import StudioError
 from engine.explore.map import DEFAULT_MAX_POINTS, ExploreMap, PointDetails, explore_index, point_details
 from engine.index.search import similar_images
 from engine.index.catalog import Catalog
-from engine.index.store import ImageIndex, index_path
+from engine.index.store import index_path
+from engine.model.text import short_text
 
-from .common import MODEL_QUEUE, gpu, index_choices, shown_in_place, thumbnail
+from .common import MODEL_QUEUE, gpu, index_dropdown, path_as_known, shown_in_place, thumbnail
 from .studio import Studio
 
+NEAREST_LABEL = "Nearest to the query"
 # gr.Plot has no click, hover or selection events: forward plotly's own to hidden textboxes the server watches.
 PLOT_BRIDGE = """
 () => {
@@ -65,8 +68,9 @@ def map_caption(explored: ExploreMap) -> str:
     return f"{projection.method.upper()} map of {shown}."
 
 
-def figure(explored: ExploreMap) -> go.Figure:
-    coords, colours, names = explored.projection.coords, explored.colours, explored.paths
+def figure(explored: ExploreMap, shown_path: Callable[[str], str] = str) -> go.Figure:
+    """The map; each point's hover text is its path as `shown_path` words it."""
+    coords, colours, names = explored.projection.coords, explored.colours, [shown_path(p) for p in explored.paths]
     ids, query_point, query_text = explored.projection.image_ids, explored.query_point, explored.query
     fig = go.Figure()
     for colour in sorted(set(colours)):
@@ -77,15 +81,17 @@ def figure(explored: ExploreMap) -> go.Figure:
             text=[names[i] for i in members], hovertemplate="%{text}<extra>" + str(colour) + "</extra>"))
     if query_point is not None:
         fig.add_trace(go.Scattergl(x=[query_point[0]], y=[query_point[1]], mode="markers+text", name="query",
-                                   text=[query_text], textposition="top center", customdata=[[-1]],
+                                   text=[short_text(query_text, 40)], textposition="top center", customdata=[[-1]],
                                    marker={"size": 18, "symbol": "star", "color": "black"}))
     fig.update_layout(height=560, margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"title": "colour"},
                       xaxis={"visible": False}, yaxis={"visible": False}, dragmode="lasso", hovermode="closest")
     return fig
 
 
-def point_card(details: PointDetails) -> str:
-    lines = [f"**{Path(details.path).name}** · {details.width} × {details.height}", f"in {Path(details.path).parent}"]
+def point_card(details: PointDetails, shown_path: Callable[[str], str] = str) -> str:
+    where = shown_path(details.path)
+    lines = [f"**{Path(details.path).name}** · {details.width} × {details.height}",
+             f"in {Path(where).parent}" if where != Path(details.path).name else "uploaded"]
     if len(details.paths) > 1:
         lines.append(f"also at {len(details.paths) - 1} other path(s)")
     if details.query_score is not None:
@@ -93,12 +99,11 @@ def point_card(details: PointDetails) -> str:
     return "\n\n".join(lines)
 
 
-def build(studio: Studio) -> None:
+def build(studio: Studio) -> list[gr.Dropdown]:
+    """The tab; returns its index dropdown (filled afresh at each page load)."""
     with gr.Row():
         with gr.Column(scale=1):
-            names, latest = index_choices(studio.index_dir)
-            index_name = gr.Dropdown(names, value=latest, label="Index", allow_custom_value=True,
-                                     elem_id="explore-index")
+            index_name = index_dropdown(studio, "Index", "explore-index")
             colour_by = gr.Radio(["cluster", "zero-shot label"], value="cluster", label="Colour by")
             clusters = gr.Slider(2, 30, value=8, step=1, label="Clusters (k-means)")
             labels = gr.Textbox("a person, an animal, a landscape, food, a vehicle", visible=False,
@@ -122,7 +127,7 @@ def build(studio: Studio) -> None:
                     card = gr.Markdown(elem_id="explore-card")
                     similar = gr.Button("Find similar", size="sm", elem_id="explore-similar")
                 with gr.Column(scale=2):
-                    nearest = gr.Gallery(label="Nearest to the query", columns=6, height=260,
+                    nearest = gr.Gallery(label=NEAREST_LABEL, columns=6, height=260,
                                          elem_id="explore-gallery")
             clicked = gr.Textbox(visible="hidden", elem_id="explore-clicked")
             hovered = gr.Textbox(visible="hidden", elem_id="explore-hovered")
@@ -134,11 +139,12 @@ def build(studio: Studio) -> None:
                    limit: int = DEFAULT_MAX_POINTS):
         if not (name or "").strip():
             raise StudioError("Choose an index to explore, or build one in the Search tab.")
-        with studio.job("drawing the map") as model, ImageIndex.open(name, studio.index_dir) as index:
+        with studio.job("drawing the map") as model, studio.open_index(name) as index:
             explored = explore_index(index, model, how, int(k), label_text or "", text or "", int(limit),
                                      quick=True)
         gallery = [(thumbnail(path), Path(path).name) for path in explored.nearest_paths]
-        return figure(explored), "\n\n".join(x for x in (map_caption(explored), studio.notes()) if x), \
+        notes = (map_caption(explored), studio.notes(explored.warnings))
+        return figure(explored, path_as_known(studio.index_dir)), "\n\n".join(x for x in notes if x), \
             [g for g in gallery if g[0] is not None]
 
     @contextmanager
@@ -161,9 +167,9 @@ def build(studio: Studio) -> None:
     def do_pick(name: str, image_id: str, text: str):
         if point_id(image_id) is None:
             return None, ""
-        with studio.job("describing a point") as model, ImageIndex.open(name, studio.index_dir) as index:
+        with studio.job("describing a point") as model, studio.open_index(name) as index:
             details = point_details(index, model, point_id(image_id), text or "")
-        return thumbnail(details.path, 512), point_card(details)
+        return thumbnail(details.path, 512), point_card(details, path_as_known(studio.index_dir))
 
     @shown_in_place("clear")
     def do_hover(name: str, image_id: str):
@@ -191,7 +197,7 @@ def build(studio: Studio) -> None:
     def do_similar(name: str, image_id: str):
         if point_id(image_id) is None:
             raise StudioError("Click a point on the map first, then “Find similar”.")
-        with studio.job("finding similar images") as model, ImageIndex.open(name, studio.index_dir) as index:
+        with studio.job("finding similar images") as model, studio.open_index(name) as index:
             result = similar_images(index, model, point_id(image_id), k=12)
         items = [(thumbnail(h.path), f"{Path(h.path).name}\ncos {h.score:.3f}") for h in result.hits]
         label = f"Most similar to {Path(result.terms[0].value).name}"
@@ -200,6 +206,9 @@ def build(studio: Studio) -> None:
     event = draw.click(do_explore, [index_name, colour_by, clusters, labels, query, max_points],
                        [plot, notes, nearest], api_name="explore", concurrency_id=MODEL_QUEUE)
     event.then(None, None, None, js=PLOT_BRIDGE)
+    # a new map (or its error) leaves nothing of the previous one's clicked point, preview or similar images
+    event.then(lambda: (None, "", None, "", gr.update(label=NEAREST_LABEL)), None,
+               [picked, card, hovered_image, clicked, nearest], api_name=False, queue=False)
     stop.click(None, None, None, cancels=[event], api_name=False, queue=False)  # frees the UI; a running UMAP ends
     clicked.change(do_pick, [index_name, clicked, query], [picked, card], api_name=False)
     hovered.change(do_hover, [index_name, hovered], hovered_image, api_name=False, queue=False)
@@ -207,5 +216,4 @@ def build(studio: Studio) -> None:
     similar.click(do_similar, [index_name, clicked], [nearest, card], api_name=False, concurrency_id=MODEL_QUEUE)
     colour_by.change(lambda how: (gr.Slider(visible=how == "cluster"), gr.Textbox(visible=how != "cluster")),
                      colour_by, [clusters, labels], api_name=False, queue=False)
-    index_name.focus(lambda: gr.Dropdown(choices=index_choices(studio.index_dir)[0]), None, index_name,
-                     api_name=False, queue=False)
+    return [index_name]

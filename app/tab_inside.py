@@ -230,7 +230,8 @@ def _dense_view(studio: Studio, image, second, max_patches, opacity) -> None:
         run_joint = gr.Button("PCA fitted jointly with the second image")
     pca_notes = gr.Markdown(elem_id="pca-notes")
     pca_picture = _picture("Patch features → RGB (first three principal components)", "pca-picture")
-    pca_array = _download("Colours (.npy, rows × cols × 3)")
+    pca_array = gr.File(label="Colours (.npy, rows × cols × 3; the second image's beside it)", file_count="multiple",
+                        height=80)
     gr.Markdown("#### Patch-to-patch similarity (click the picture to choose the patch)")
     with gr.Row():
         row, col = _patch_inputs()
@@ -243,7 +244,8 @@ def _dense_view(studio: Studio, image, second, max_patches, opacity) -> None:
 
     def pca_outputs(studio_model, image_paths: list[str], patches, joint: bool):
         pca = dense_pca(studio_model, image_paths, patches, joint=joint)
-        return render.pca_picture(pca), save_array(pca.colours[0], f"{_stem(image_paths[0])}-pca")
+        stems = [f"{_stem(image_paths[0])}-pca"] + [f"{_stem(image_paths[0])}-pca-{_stem(p)}" for p in image_paths[1:]]
+        return render.pca_picture(pca), [save_array(colours, stem) for colours, stem in zip(pca.colours, stems)]
 
     @gpu
     @shown_in_place("clear", "clear", "notes")
@@ -279,7 +281,7 @@ def _dense_view(studio: Studio, image, second, max_patches, opacity) -> None:
     run_pca.click(do_dense_pca, [image, max_patches], [pca_picture, pca_array, pca_notes], api_name="dense_pca",
                   concurrency_id=MODEL_QUEUE)
     run_joint.click(do_joint_pca, [image, second, max_patches], [pca_picture, pca_array, pca_notes],
-                    api_name=False, concurrency_id=MODEL_QUEUE)
+                    api_name="joint_pca", concurrency_id=MODEL_QUEUE)
     inputs = [image, row, col, second, max_patches]
     outputs = [similar_picture, similar_arrays, similar_result, similar_notes]
     _wire_patch_view(run_similar, do_patch_similarity, inputs, outputs, "patch_similarity",

@@ -11,7 +11,7 @@ import gradio as gr
 import numpy as np
 
 from engine import StudioError
-from engine.label.export import LabelAssignment, assign_labels, write_exports
+from engine.label.export import LabelAssignment, assign_labels, unique_names, write_exports
 from engine.label.zeroshot import DEFAULT_TEMPLATES, ZeroShotResult, classify, parse_templates, prepare_labels
 from engine.model.images import find_images, read_file_bytes
 from engine.model.text import short_text
@@ -53,7 +53,10 @@ def classify_one(studio: Studio, image_path: str | None, label_text: str, templa
     if result.failures:
         failure = result.failures[0]
         raise StudioError(f"{Path(failure.source).name}: {failure.reason}")
-    probabilities = {label: float(p) for label, p in zip(result.labels, result.probabilities[0])}
+    shown = [short_text(label, 80) for label in result.labels]  # long labels are not echoed back whole
+    if len(set(shown)) < len(shown):  # unless cutting them would merge two
+        shown = result.labels
+    probabilities = {label: float(p) for label, p in zip(shown, result.probabilities[0])}
     return probabilities, "\n\n".join(x for x in (studio.notes(result.warnings), score_table(result)) if x)
 
 
@@ -178,19 +181,19 @@ def _export_files(batch: LabelledBatch, assignments: list[LabelAssignment]) -> l
 
 def _table_rows(batch: LabelledBatch, assignments: list[LabelAssignment]) -> list[list[str]]:
     return [[assignment.export_name, "; ".join(assignment.labels),
-             ", ".join(f"{label} {p:.3f}" for label, p in batch.result.top(row, 3))]
+             ", ".join(f"{label} {p:.3g}" for label, p in batch.result.top(row, 3))]
             for row, assignment in enumerate(assignments)]
 
 
 def label_images(studio: Studio, paths: list[str], server_folder: str, label_text: str, template_text: str,
                  progress=None) -> LabelledBatch:
     """Label uploaded files plus a server folder's images (named by their path inside that folder)."""
-    names = {path: Path(path).name for path in paths}  # Gradio keeps an upload's own name as its file name
+    names = [Path(path).name for path in paths]  # Gradio keeps an upload's own name as its file name
     problems: list[tuple[str, str]] = []
     if server_folder and server_folder.strip():
         root = studio.check_folder(server_folder)
         found, problems = find_images(root)
-        names.update({path: str(Path(path).relative_to(root)) for path in found})
+        names += [str(Path(path).relative_to(root)) for path in found]
         paths = paths + found
     if not paths:
         raise StudioError("No images: upload some, or give a server folder that holds images.")
@@ -199,7 +202,9 @@ def label_images(studio: Studio, paths: list[str], server_folder: str, label_tex
                           "use the command line (python -m engine classify) for larger sets.")
     with studio.job("labelling images") as model:
         label_set = prepare_labels(model, label_text or "", parse_templates(template_text))
-        return LabelledBatch(classify(model, paths, label_set, progress=progress), names, problems)
+        # two uploads named cat.jpg are told apart (cat_1.jpg) alike in the table and in every export
+        return LabelledBatch(classify(model, paths, label_set, progress=progress),
+                             dict(zip(paths, unique_names(names))), problems)
 
 
 def _build_many(studio: Studio) -> None:
@@ -214,8 +219,8 @@ def _build_many(studio: Studio) -> None:
                 threshold = gr.Slider(0, 1, value=0.1, step=0.01, label="Probability threshold")
                 mode = gr.Radio(["multi", "single"], value="multi", label="Labels per image")
             label_all = gr.Button("Label all", variant="primary")
+            batch_notes = gr.Markdown(elem_id="batch-notes")  # beside the button: its progress shows here
         with gr.Column():
-            batch_notes = gr.Markdown(elem_id="batch-notes")
             table = gr.Dataframe(headers=["image", "labels", "top probabilities"], interactive=True,
                                  label="Results (edit the labels column, then export again)", wrap=True,
                                  column_widths=["24%", "22%", "54%"])
@@ -246,7 +251,7 @@ def _build_many(studio: Studio) -> None:
         assignments = batch.assign(cut, how)
         labelled = sum(1 for a in assignments if a.labels)
         return _table_rows(batch, assignments), _export_files(batch, assignments), \
-            f"Threshold {cut:.2f}, {how}-label: {labelled} of {len(assignments)} image(s) labelled (no re-encoding)."
+            f"Threshold {cut:g}, {how}-label: {labelled} of {len(assignments)} image(s) labelled (no re-encoding)."
 
     @shown_in_place("keep", "notes")
     def do_export(rows, batch: LabelledBatch | None):
@@ -261,7 +266,8 @@ def _build_many(studio: Studio) -> None:
         return _export_files(batch, edited), f"Exported {len(edited)} image(s) with the edited labels."
 
     label_all.click(do_label_batch, [files, folder, batch_labels, batch_template, threshold, mode],
-                    [table, batch_notes, exports, result_state], api_name="label_batch", concurrency_id=MODEL_QUEUE)
+                    [table, batch_notes, exports, result_state], api_name="label_batch", concurrency_id=MODEL_QUEUE,
+                    show_progress_on=batch_notes)
     export_again.click(do_export, [table, result_state], [exports, batch_notes], api_name="export_labels")
     threshold.release(do_reassign, [result_state, threshold, mode], [table, exports, batch_notes], api_name=False)
     mode.change(do_reassign, [result_state, threshold, mode], [table, exports, batch_notes], api_name=False)

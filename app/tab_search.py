@@ -10,10 +10,10 @@ import gradio as gr
 from engine import StudioError
 from engine.index.build import BuildSummary, build_index, stage_uploads
 from engine.index.search import QueryTerm, compare_queries, parse_query, search, similar_images
-from engine.index.store import ImageIndex, index_path, list_indexes
+from engine.index.store import index_path, list_indexes
 from engine.model.text import short_text
 
-from .common import (MODEL_QUEUE, SERVE, ImageInput, gpu, index_choices, progress_callback, shown_in_place,
+from .common import (MODEL_QUEUE, SERVE, ImageInput, gpu, index_dropdown, progress_callback, shown_in_place,
                      thumbnail, uploaded_paths)
 from .studio import Studio
 
@@ -54,12 +54,6 @@ def _hits_note(studio: Studio, result, index_name: str) -> str:
     return "\n\n".join(x for x in (head, studio.notes(result.warnings)) if x)
 
 
-def open_index(studio: Studio, name: str) -> ImageIndex:
-    if not (name or "").strip():
-        raise StudioError("Choose an index to search, or build one first.")
-    return ImageIndex.open(name, studio.index_dir)
-
-
 def build_summary_text(summary: BuildSummary) -> str:
     """Markdown for a finished build: what changed, what the index holds, each skipped file."""
     lines = [f"**{summary.name}**: {summary.images} images ({summary.files} files), {summary.index_type}.",
@@ -84,14 +78,12 @@ def build_cancellably(studio: Studio, name: str, source: Path, report) -> BuildS
         return build_index(model, source, name, studio.index_dir, progress=step)
 
 
-def build(studio: Studio) -> dict:
-    index_name = _build_search(studio)
-    _build_compare(studio)
-    return {"index_name": index_name}
+def build(studio: Studio) -> list[gr.Dropdown]:
+    """The tab; returns its index dropdowns (filled afresh at each page load)."""
+    return [_build_search(studio), _build_compare(studio)]
 
 
 def _build_search(studio: Studio) -> gr.Dropdown:
-    refresh_choices = lambda: gr.Dropdown(choices=list_indexes(studio.index_dir))  # noqa: E731
     with gr.Row():
         with gr.Column(scale=1):
             gr.Markdown("#### Create or update an index")
@@ -103,9 +95,7 @@ def _build_search(studio: Studio) -> gr.Dropdown:
                 cancel_button = gr.Button("Cancel", variant="stop", scale=1, elem_id="cancel-build")
             build_notes = gr.Markdown(elem_id="build-notes")
         with gr.Column(scale=2):
-            names, latest = index_choices(studio.index_dir)
-            index_name = gr.Dropdown(names, value=latest, label="Index to search",
-                                     allow_custom_value=True, elem_id="search-index")
+            index_name = index_dropdown(studio, "Index to search", "search-index")
             query = gr.Textbox(label="Text query, any language (combine: `2:red car + sunset - night`)",
                                elem_id="search-query")
             with gr.Row():
@@ -132,6 +122,8 @@ def _build_search(studio: Studio) -> gr.Dropdown:
     @shown_in_place("notes", "keep")
     def do_build(name: str, uploaded, server_folder: str, progress=gr.Progress()):
         name = (name or "").strip()
+        if not name:
+            raise StudioError("Give the index a name first (letters, digits, spaces, '.', '-' or '_').")
         index_path(name, studio.index_dir)  # a bad name is refused before anything is copied
         paths = uploaded_paths(uploaded)
         if server_folder and server_folder.strip():
@@ -147,7 +139,7 @@ def _build_search(studio: Studio) -> gr.Dropdown:
             choices=list_indexes(studio.index_dir), value=name)
 
     def _run(name: str, terms, n: int, cut: float, path_part: str):
-        with studio.job("searching") as model, open_index(studio, name) as index:
+        with studio.job("searching") as model, studio.open_index(name) as index:
             return search(index, model, terms, k=int(n), min_score=None if cut <= -1 else cut,
                           path_contains=(path_part or "").strip() or None, readable=studio.readable)
 
@@ -181,7 +173,7 @@ def _build_search(studio: Studio) -> gr.Dropdown:
     def do_similar(name: str, image_id: float | None, n: int = 12):
         if image_id is None or image_id < 0:
             raise StudioError("Select a result in the gallery first, then “Find similar”.")
-        with studio.job("searching") as model, open_index(studio, name) as index:
+        with studio.job("searching") as model, studio.open_index(name) as index:
             return shown(similar_images(index, model, int(image_id), k=int(n)), name)
 
     cancel_button.click(lambda name: studio.cancel(f"build {(name or '').strip()}"), new_name, None,
@@ -199,17 +191,14 @@ def _build_search(studio: Studio) -> gr.Dropdown:
     gallery.select(do_select, shown_ids, [selected_id, selection_note], api_name=False, queue=False)
     similar_button.click(do_similar, [index_name, selected_id, k], results, api_name="find_similar",
                          **SERVE).then(**unselect)
-    index_name.focus(refresh_choices, None, index_name, api_name=False, queue=False)
     return index_name
 
 
-def _build_compare(studio: Studio) -> None:
+def _build_compare(studio: Studio) -> gr.Dropdown:
     with gr.Accordion("Compare languages", open=False):
         with gr.Row():
             with gr.Column(scale=1):
-                names, latest = index_choices(studio.index_dir)
-                index_name = gr.Dropdown(names, value=latest, label="Index to compare in", allow_custom_value=True,
-                                         elem_id="compare-index")
+                index_name = index_dropdown(studio, "Index to compare in", "compare-index")
                 languages = gr.Textbox(label="The same query in several languages, one per line", lines=4,
                                        value="a dog on the beach\nun chien sur la plage\nein Hund am Strand\n海滩上的狗")
                 k = gr.Slider(1, 24, value=6, step=1, label="Results per language (k)")
@@ -226,23 +215,23 @@ def _build_compare(studio: Studio) -> None:
     @shown_in_place("clear", "clear", "clear", "notes")
     def do_compare(name: str, lines: str, n: int = 6):
         queries = [line.strip() for line in (lines or "").splitlines() if line.strip()]
-        with studio.job("comparing queries") as model, open_index(studio, name) as index:
+        with studio.job("comparing queries") as model, studio.open_index(name) as index:
             comparison = compare_queries(index, model, queries, int(n), readable=studio.readable)
         top = [[Path(h.path).name for h in r.hits] for r in comparison.results]
         depth = max(len(t) for t in top)
         rows = [[rank + 1] + [t[rank] if rank < len(t) else "" for t in top] for rank in range(depth)]
-        overlap = [[q] + [f"{share:.2f}" for share in row] for q, row in zip(queries, comparison.overlap)]
+        headers = [short_text(query, 24) for query in queries]  # a long query is not echoed back whole
+        overlap = [[h] + [f"{share:.2f}" for share in row] for h, row in zip(headers, comparison.overlap)]
         thumbnails = []  # each language's top-k fills one row of the gallery (as many columns as results)
         for query, result in zip(queries, comparison.results):
             row = [(thumbnail(h.path), f"{short_text(query, 24)} #{rank}\n{Path(h.path).name}")
                    for rank, h in enumerate(result.hits, start=1)]
             thumbnails += [item for item in row if item[0] is not None]
-        return (gr.Gallery(thumbnails, columns=max(depth, 1)), gr.Dataframe(overlap, headers=["query"] + queries),
-                gr.Dataframe(rows, headers=["rank"] + queries),
+        return (gr.Gallery(thumbnails, columns=max(depth, 1)), gr.Dataframe(overlap, headers=["query"] + headers),
+                gr.Dataframe(rows, headers=["rank"] + headers),
                 studio.notes([w for result in comparison.results for w in result.warnings]))
 
     compare_button.click(do_compare, [index_name, languages, k],
                          [compare_gallery, overlap_table, compare_table, compare_notes],
                          api_name="compare_languages", concurrency_id=MODEL_QUEUE)
-    index_name.focus(lambda: gr.Dropdown(choices=list_indexes(studio.index_dir)), None, index_name,
-                     api_name=False, queue=False)
+    return index_name

@@ -232,7 +232,8 @@ def _follow(run: Callable, cancel: threading.Event, progress):
     result = outcome["result"]
     report = ""
     if result.after is not None:
-        report = (f"**Held-out set: {result.after.num_images} images**\n\n```\n"
+        count = result.after.num_images
+        report = (f"**Held-out set: {count} image{'' if count == 1 else 's'}**\n\n```\n"
                   f"{comparison_table(result.before, result.after)}\n```")
     status = (f"{'Cancelled' if cancel.is_set() else 'Done'}: {result.steps}/{result.total_steps} steps in "
               f"{result.seconds:.0f} s, checkpoint written"
@@ -271,14 +272,14 @@ def build(studio: Studio) -> None:
             load = gr.Button("Load this checkpoint")
             loaded = gr.Markdown()
 
-    @shown_in_place("clear", "notes", "clear", "keep")
+    @shown_in_place("clear", "notes", "clear", "clear")
     def do_train(folder_text, uploaded, mode_value, epochs_value, batch_value, lr_value, device_value,
                  progress=gr.Progress()):
         cancel.clear()
         yield from fine_tune(studio, folder_text, uploaded, mode_value, epochs_value, batch_value, lr_value,
                              device_value, cancel, progress)
 
-    @shown_in_place("clear", "notes", "clear", "keep")
+    @shown_in_place("clear", "notes", "clear", "clear")
     def do_resume(run_folder, progress=gr.Progress()):
         cancel.clear()
         yield from resume_fine_tune(studio, run_folder, cancel, progress)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from . import serving, tab_explore, tab_inside, tab_label, tab_models, tab_search, tab_train
-from .common import THUMBNAILS
+from .common import THUMBNAILS, fresh_index_dropdowns
 from .studio import Studio
 
 # Gallery captions are two short lines (name; scores): keep the line break and show them whole.
@@ -33,9 +33,9 @@ def build_app(studio: Studio) -> gr.Blocks:
         with gr.Tab("Label", id="label"):
             tab_label.build(studio)
         with gr.Tab("Search", id="search"):
-            tab_search.build(studio)
+            index_dropdowns = tab_search.build(studio)
         with gr.Tab("Explore", id="explore"):
-            tab_explore.build(studio)
+            index_dropdowns += tab_explore.build(studio)
         with gr.Tab("Inside", id="inside"):
             tab_inside.build(studio)
         if studio.enable_training:
@@ -43,5 +43,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 tab_train.build(studio)
         with gr.Tab("Models", id="models"):
             tab_models.build(studio, banner_box)
+        demo.load(lambda: fresh_index_dropdowns(studio, len(index_dropdowns)), None, index_dropdowns, api_name=False,
+                  queue=False, show_progress="hidden")
     demo.queue(default_concurrency_limit=1, max_size=64)
     return demo

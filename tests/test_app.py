@@ -99,19 +99,21 @@ def test_label_batch_and_exports(client, photo_root):
 
 def test_uploads_keep_their_own_names(client, tmp_path):
     uploads = []
-    for i, name in enumerate(["beach day.jpg", "Straße 2.png"]):
+    for i, name in enumerate(["beach day.jpg", "Straße 2.png", "other/beach day.jpg"]):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         random_image(90, 120, seed=40 + i).save(tmp_path / name)
         uploads.append(handle_file(str(tmp_path / name)))
     table, notes, exports = client.predict(uploads, "", "cat, dog", "{}", 0.0, "single", api_name="/label_batch")
-    assert [row[0] for row in table["data"]] == ["beach day.jpg", "Straße 2.png"]
+    # two uploads of one name are told apart the same way in the table and in every export
+    names = ["beach day.jpg", "Straße 2.png", "beach day_1.jpg"]
+    assert [row[0] for row in table["data"]] == names
     by_name = {Path(p).name: p for p in exports}
     with open(by_name["labels.csv"], encoding="utf-8") as handle:
-        assert [row[0] for row in list(csv.reader(handle))[1:]] == ["beach day.jpg", "Straße 2.png"]
+        assert [row[0] for row in list(csv.reader(handle))[1:]] == names
     records = [json.loads(line) for line in open(by_name["labels.jsonl"], encoding="utf-8")]
-    assert [r["image"] for r in records] == ["beach day.jpg", "Straße 2.png"]
+    assert [r["image"] for r in records] == names
     with zipfile.ZipFile(by_name["imagefolder.zip"]) as archive:
-        assert sorted(Path(n).name for n in archive.namelist() if not n.endswith("/")) == ["Straße 2.png",
-                                                                                          "beach day.jpg"]
+        assert sorted(Path(n).name for n in archive.namelist() if not n.endswith("/")) == sorted(names)
 
 
 def test_rethresholding_does_not_encode_again(naflex_model, photo_root, tmp_path):

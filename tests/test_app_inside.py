@@ -41,6 +41,7 @@ def test_endpoints_take_the_documented_inputs(served):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     expected = {"/patch_grid": ["image", "max_patches"], "/similarity_map": ["image", "queries", "max_patches", "method"],
                 "/attention_map": ["image", "max_patches"], "/dense_pca": ["image", "max_patches"],
+                "/joint_pca": ["image", "second_image", "max_patches"],
                 "/patch_similarity": ["image", "row", "col", "second_image", "max_patches"],
                 "/layer_attention": ["image", "max_patches", "layer", "head", "row", "col"]}
     for name, inputs in expected.items():
@@ -68,8 +69,14 @@ def test_arrays_equal_the_engines(served, photo):
 
     _, array, _ = client.predict(image, 256, api_name="/attention_map")
     np.testing.assert_allclose(np.load(array), attention_map(model, photo, 256).weights, atol=1e-6)
-    _, array, _ = client.predict(image, 256, api_name="/dense_pca")
-    np.testing.assert_allclose(np.load(array), dense_pca(model, photo, 256, joint=False).colours[0], atol=1e-5)
+    _, arrays, _ = client.predict(image, 256, api_name="/dense_pca")
+    assert len(arrays) == 1
+    np.testing.assert_allclose(np.load(arrays[0]), dense_pca(model, photo, 256, joint=False).colours[0], atol=1e-5)
+    _, arrays, _ = client.predict(image, image, 256, api_name="/joint_pca")
+    joint = dense_pca(model, [photo, photo], 256, joint=True).colours
+    assert len(arrays) == 2 and Path(arrays[1]).name == "harbour view-pca-harbour view.npy"
+    for array, colours in zip(arrays, joint):
+        np.testing.assert_allclose(np.load(array), colours, atol=1e-5)
     _, arrays, _ = client.predict(image, 2, 5, image, 128, api_name="/patch_similarity")
     found = patch_similarity(model, photo, 2, 5, photo, 128)
     np.testing.assert_allclose(np.load(arrays[0]), found.similarity, atol=1e-5)

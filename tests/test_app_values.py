@@ -93,7 +93,7 @@ def test_label_batch_exports_carry_the_engines_probabilities(served):
         assert set(filter(None, row[1].split(";"))) == chosen
     for name, _, top in table["data"]:
         best_label, best_p = max(zip(result.labels, expected[name]), key=lambda pair: pair[1])
-        assert top.startswith(f"{best_label} {best_p:.3f}")
+        assert top.startswith(f"{best_label} {best_p:.3g}")  # three significant digits: small ones stay readable
     with open(by_name["labels.jsonl"], encoding="utf-8") as handle:
         for record in map(json.loads, handle):
             logits = [score["logit"] for score in record["scores"]]

@@ -140,6 +140,27 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         assert page.locator("#explore-gallery img").count() == 6
         page.screenshot(path=str(SHOTS / "explore-lasso.png"), full_page=True)
 
+        # a map of an index that does not exist: the message replaces the map, nothing of the clicked point stays
+        page.locator("#explore-index input").fill("nowhere")
+        page.get_by_role("button", name="Draw map").click()
+        page.locator("#explore-notes").get_by_text("No index named 'nowhere'", exact=False).wait_for(timeout=30_000)
+        page.locator("#explore-gallery").get_by_text("Nearest to the query").wait_for(timeout=30_000)
+        page.wait_for_function("() => !document.querySelector('#explore-picked img') && "
+                               "!document.querySelector('#explore-hover img') && "
+                               "document.querySelector('#explore-card').innerText.trim() === ''", timeout=30_000)
+        page.screenshot(path=str(SHOTS / "explore-error.png"), full_page=True)
+
+        # a page opened afresh has the index built since the app started listed and chosen, in every tab
+        page.reload()
+        page.get_by_text("untrained test model", exact=False).first.wait_for(timeout=30_000)
+        page.get_by_role("tab", name="Search").click()
+        page.get_by_text("Compare languages").click()
+        for dropdown in ("search-index", "compare-index", "explore-index"):
+            if dropdown == "explore-index":
+                page.get_by_role("tab", name="Explore").click()
+            page.wait_for_function(f"() => document.querySelector('#{dropdown} input')?.value === 'holiday'",
+                                   timeout=30_000)
+
         page.get_by_role("tab", name="Models").click()
         page.locator("#model-summary").get_by_text("Untrained test model", exact=False).first.wait_for(timeout=30_000)
         page.screenshot(path=str(SHOTS / "models.png"), full_page=True)

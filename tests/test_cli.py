@@ -85,3 +85,32 @@ def test_index_commands(tmp_path, naflex_dir, image_files):
     run_cli("index", "remove", "mine", "--index-dir", index_dir)
     gone = run_cli("search", "mine", "cat", "--index-dir", index_dir, "--model", naflex_dir, check=False)
     assert gone.returncode == 2 and "No index named" in gone.stderr
+
+
+def test_cli_says_what_is_wrong_before_loading_a_model(tmp_path, capsys, naflex_dir, image_files):
+    from engine.cli import main
+
+    def error_of(*args) -> str:
+        assert main([str(a) for a in args]) == 2
+        return capsys.readouterr().err
+
+    missing_model = ("--model", tmp_path / "no model")
+    assert "nope: not a folder" in error_of("index", "build", tmp_path / "nope", "--name", "x", *missing_model)
+    assert "Index name '../x' is not allowed" in error_of("index", "build", tmp_path, "--name", "../x", *missing_model)
+    for patches in (7, 0):
+        assert "between 16 and 4096" in error_of("classify", image_files[0], "--labels", "a,b", "--max-patches",
+                                                 patches, *missing_model)
+    folder, index_dir = image_files[0].parent, tmp_path / "idx"
+    refused = error_of("index", "build", folder, "--name", "t", "--model", naflex_dir, "--index-type", "Bogus42",
+                       "--index-dir", index_dir)
+    assert "'Bogus42' is not one FAISS can build" in refused and "Traceback" not in refused
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "part-0.parquet").write_bytes(b"")
+    assert "pass --model M" in error_of("index", "ingest", "nosuch", tmp_path / "shards", "--index-dir", index_dir)
+
+
+def test_cli_index_build_without_model_reuses_the_indexs_own(tmp_path, naflex_dir, image_files):
+    folder, index_dir = image_files[0].parent, tmp_path / "idx"
+    run_cli("index", "build", folder, "--name", "again", "--model", naflex_dir, "--index-dir", index_dir)
+    rebuilt = run_cli("index", "build", folder, "--name", "again", "--index-dir", index_dir)  # no --model
+    assert "0 encoded" in rebuilt.stdout and f"{len(image_files)} unchanged" in rebuilt.stdout

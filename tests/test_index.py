@@ -212,6 +212,37 @@ def test_index_choice_by_size():
     assert vi.plan_index(10, 768, factory="IVF16,Flat").factory == "IVF16,Flat"
 
 
+def test_an_index_type_faiss_cannot_build_is_refused_before_anything_is_written(naflex_model, tmp_path):
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    make_folder(folder, count=3)
+    with pytest.raises(IndexStoreError, match="'Bogus42' is not one FAISS can build"):
+        build_index(naflex_model, folder, "bad", index_dir, factory="Bogus42")
+    assert not (index_dir / "bad").exists()
+    build_index(naflex_model, folder, "good", index_dir)
+    with pytest.raises(IndexStoreError, match="IVF1024,SQ8"):
+        build_index(naflex_model, folder, "good", index_dir, factory="IVF,Nonsense")
+    assert assert_consistent("good", index_dir).index_type == "Flat"  # the refused type left no trace
+
+
+def test_naming_another_index_type_rebuilds_an_existing_index_in_it(naflex_model, tmp_path):
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    photos = make_folder(folder, count=12)
+    build_index(naflex_model, folder, "switch", index_dir)
+    query = encode_images(naflex_model, photos[3:4]).vectors
+    with ImageIndex.open("switch", index_dir) as index:
+        before = index.search_vectors(query, 5)[1]
+    # Flat → HNSW16 → Flat, nothing new to encode: each named type is built (the second after a rebuild that
+    # recorded the collection's size, so only the naming can trigger it)
+    for factory in ("HNSW16", "Flat"):
+        build_index(naflex_model, folder, "switch", index_dir, factory=factory)
+        info = assert_consistent("switch", index_dir)
+        assert info.index_type == factory and info.images == 12
+        with ImageIndex.open("switch", index_dir) as index:
+            assert index.meta["factory"] == factory and index.index.ntotal == 12
+            assert ("HNSW" in type(faiss.downcast_index(index.index.index)).__name__) == (factory == "HNSW16")
+            np.testing.assert_array_equal(index.search_vectors(query, 5)[1], before)
+
+
 def test_ivf_add_after_training_and_rebuild_when_grown(naflex_model, tmp_path):
     folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
     make_folder(folder, count=12)

@@ -167,10 +167,11 @@ def test_maps_and_colours_unchanged_inside_a_padded_batch(naflex_model):
     np.testing.assert_allclose(joint, colours, atol=1e-4)
 
 
-def test_layer_attention_equals_eager_attention(naflex_dir):
+@pytest.mark.parametrize("dtype", [None, "int8"])
+def test_layer_attention_equals_eager_attention(naflex_dir, dtype):
     from engine import load_model
 
-    eager = load_model(str(naflex_dir), attn_implementation="eager")
+    eager = load_model(str(naflex_dir), dtype=dtype, attn_implementation="eager")
     batch = eager.image_preprocessor.collate([eager.image_preprocessor(WIDE)])
     real = batch.grids[0].num_patches
     with torch.inference_mode():
@@ -241,3 +242,18 @@ def test_cli_writes_pictures_and_arrays(naflex_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "engine", "inspect", "patch-similarity", str(image), "--row", "40",
                           "--model", str(naflex_dir)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "outside this image's 14×18 grid" in bad.stderr
+
+
+def test_cli_pca_of_two_images_writes_both_arrays(naflex_dir, naflex_model, tmp_path, capsys):
+    from engine.cli import main
+
+    image, second, out = tmp_path / "wide.png", tmp_path / "tall.png", tmp_path / "out"
+    WIDE.save(image)
+    TALL.save(second)
+    model = ["--model", str(naflex_dir), "--out", str(out)]
+    assert main(["inspect", "pca", str(image), "--second", str(second), *model]) == 0
+    joint = dense_pca(naflex_model, [WIDE, TALL], 256).colours
+    np.testing.assert_allclose(np.load(out / "wide-pca.npy"), joint[0], atol=1e-4)
+    np.testing.assert_allclose(np.load(out / "wide-pca-second.npy"), joint[1], atol=1e-4)
+    assert main(["inspect", "similarity", str(image), *model]) == 2
+    assert "--query Q" in capsys.readouterr().err

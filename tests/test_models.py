@@ -62,6 +62,11 @@ def test_missing_model_fails_fast_with_a_clear_message(tmp_path, monkeypatch, of
     assert time.monotonic() - start < 15
     message = str(caught.value)
     assert "google/siglip2-base-patch16-224" in message and "folder" in message
+    assert "released" not in message  # a released id is not flagged
+    with pytest.raises(ModelLoadError) as misspelled:
+        load_model("google/siglip2-base-patch16-nafelx")
+    assert "not one of the 17 released SigLIP 2 checkpoints: did you mean 'google/siglip2-base-patch16-naflex'?" \
+        in str(misspelled.value)
 
 
 def test_bad_local_folders(tmp_path, naflex_dir):

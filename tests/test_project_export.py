@@ -134,3 +134,10 @@ def test_quick_map_while_umap_compiles_then_umap(naflex_model, tmp_path):
     finally:
         if was_warm:
             explore_map._umap_ready.set()
+
+
+def test_repeated_names_are_told_apart_as_the_imagefolder_export_does():
+    from engine.label.export import unique_names
+
+    assert unique_names(["cat.jpg", "dog.png", "cat.jpg", "cat_1.jpg", "cat.jpg", "a/b.jpg", "a/b.jpg"]) == [
+        "cat.jpg", "dog.png", "cat_1.jpg", "cat_1_1.jpg", "cat_2.jpg", "a/b.jpg", "a/b_1.jpg"]

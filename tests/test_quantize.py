@@ -1,6 +1,8 @@
 """The int8 CPU path: what is quantized and what stays exact, parity with fp32 on both architectures and
 both towers, CPU only, indexes that record and enforce their precision, reduced-scale JPEG decoding."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from engine.index.store import ImageIndex
 from engine.model.encode import decode_target, encode_images, encode_texts
 from engine.model.images import DRAFT_MARGIN, open_for_model, open_image
 from engine.model import openvino_int8
-from engine.model.quantize import InPlaceGELU, quantized_linears
+from engine.model.quantize import FusedQKVAttention, InPlaceGELU, fuse_query_key_value, quantized_linears
 
 TEXTS = ["a photo of a cat", "ein foto von einem hund im park", "一只猫坐在沙发上", "x",
          "a red car at night " * 6]
@@ -44,12 +46,13 @@ def test_only_the_encoders_are_quantized(model_pair):
     assert int8.precision == "int8" and exact.precision == "fp32"
     assert int8.device.type == "cpu" and int8.dtype == torch.float32
     config = int8.model.config
-    per_layer = 6  # q, k, v, out projections and two MLP layers
+    per_layer = 4  # the stacked q, k and v projections, the out projection and two MLP layers
     expected = per_layer * (config.vision_config.num_hidden_layers + config.text_config.num_hidden_layers)
     quantized = quantized_linears(int8.model)
     assert len(quantized) == expected
     encoders = [int8.model.vision_model.encoder, int8.model.text_model.encoder]
     assert all(any(m is q for e in encoders for m in e.modules()) for q in quantized)
+    assert all(isinstance(layer.self_attn, FusedQKVAttention) for e in encoders for layer in e.layers)
     vision, text = int8.model.vision_model, int8.model.text_model
     kept = [vision.embeddings.patch_embedding, vision.head.mlp.fc1, vision.head.mlp.fc2, vision.head.attention,
             text.head, vision.post_layernorm, text.final_layer_norm]
@@ -77,6 +80,41 @@ def test_the_int8_encoders_gelu_is_exact_and_in_place():
     reference = values.clone().requires_grad_(True)
     torch.nn.functional.gelu(reference).sum().backward()
     torch.testing.assert_close(leaf.grad, reference.grad, rtol=0, atol=0)
+
+
+def _attention_inputs(attention: torch.nn.Module, padded: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states (2, 12, width), an additive mask hiding the last `padded` keys of the first item)."""
+    generator = torch.Generator().manual_seed(padded)
+    hidden = torch.randn(2, 12, attention.out_proj.in_features, generator=generator)
+    mask = torch.zeros(2, 1, 12, 12)
+    mask[0, :, :, 12 - padded:] = torch.finfo(torch.float32).min
+    return hidden, mask
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_fused_attention_is_transformers_attention(naflex_dir, fixed_dir, implementation):
+    """Both architectures' towers: the stacked projections give transformers' outputs and attention weights,
+    and quantized they give the three separate int8 projections' outputs to the bit."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    int8_of = lambda module: quantize_dynamic(copy.deepcopy(module), {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                               dtype=torch.qint8)
+    for directory in (naflex_dir, fixed_dir):
+        model = load_model(str(directory), attn_implementation=implementation).model
+        for tower in (model.vision_model, model.text_model):
+            original = tower.encoder.layers[-1].self_attn
+            fused = copy.deepcopy(original)
+            fuse_query_key_value(fused)
+            assert isinstance(fused, type(original))  # transformers still records its attentions
+            hidden, mask = _attention_inputs(original, padded=5)
+            with torch.inference_mode():
+                expected, expected_weights = original(hidden, mask)
+                found, weights = fused(hidden, mask)
+                torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-6)
+                if implementation == "eager":
+                    torch.testing.assert_close(weights, expected_weights, rtol=1e-5, atol=1e-6)
+                    assert weights[0, :, :, -5:].max() < 1e-6  # the mask reached it
+                assert torch.equal(int8_of(fused)(hidden, mask)[0], int8_of(original)(hidden, mask)[0])
 
 
 def test_torchs_quantization_notices_stay_out_of_a_users_output(naflex_dir):

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,10 @@ def test_checkpoint_reloads_with_identical_embeddings(tmp_path, shapes, small_fi
 
     monkeypatch.setattr(trainer, "prepare_mode", keep)
     events = []
-    result = train(str(source), shapes["classes"], tmp_path / mode, quick(mode), on_event=events.append)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(str(source), shapes["classes"], tmp_path / mode, quick(mode), on_event=events.append)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]  # peft's, not the user's
     assert result.steps == result.total_steps > 0 and not result.stopped
     assert events and events[-1].validation
     out = tmp_path / mode
@@ -180,3 +184,22 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path, shapes, small_fixed
     result = train(str(small_fixed), data, tmp_path / "out", quick(held_out=0.0))
     assert any("broken.png" in s for s in result.skipped_images)
     assert result.steps == result.total_steps
+
+
+def test_top5_is_left_out_where_it_cannot_miss(naflex_model, tmp_path):
+    from conftest import random_image
+    from engine.train.data import load_data
+    from engine.train.evaluate import zero_shot
+
+    for n, name in enumerate(["cat", "dog", "cat", "dog"]):
+        (tmp_path / name).mkdir(exist_ok=True)
+        random_image(64, 64, seed=n).save(tmp_path / name / f"{n}.jpg")
+    report = zero_shot(naflex_model, load_data(tmp_path))
+    assert set(report.metrics) == {"top1"} and report.num_classes == 2
+
+
+def test_train_takes_a_loaded_model(tmp_path, shapes, small_fixed):
+    loaded = load_model(str(small_fixed))
+    result = train(loaded, shapes["classes"], tmp_path / "run", quick("probe"))
+    assert result.steps == result.total_steps > 0
+    assert json.loads((tmp_path / "run" / "studio_training.json").read_text())["fine_tuned_from"] == str(small_fixed)

@@ -58,6 +58,21 @@ def test_chunked_equals_plain_in_value_and_gradients(chunk):
         torch.testing.assert_close(a, b)
 
 
+def test_chunked_takes_a_checkpoints_own_t_and_b(naflex_model):
+    """In the Hugging Face layout logit_scale and logit_bias have shape (1,), not ()."""
+    images, texts, _, _ = inputs(n=6, dtype=torch.float32)
+    t, b = (p.detach().clone().requires_grad_(True)
+            for p in (naflex_model.model.logit_scale, naflex_model.model.logit_bias))
+    assert t.shape == b.shape == (1,)
+    tensors = [images, texts, t, b]
+    chunked = chunked_sigmoid_loss(*tensors, chunk=4)
+    plain = sigmoid_loss(*tensors)
+    torch.testing.assert_close(chunked, plain)
+    for a, c in zip(_grads(chunked, tensors), _grads(plain, tensors)):
+        assert a.shape == c.shape
+        torch.testing.assert_close(a, c)
+
+
 def test_chunked_passes_gradcheck():
     images, texts, t, b = inputs(n=5, d=4)
     assert torch.autograd.gradcheck(lambda i, x, s, c: chunked_sigmoid_loss(i, x, s, c, chunk=2),

@@ -7,10 +7,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import IndexStoreError
-from ..index.build import BuildSummary, build_index
+from ..index.build import BuildSummary, build_index, folder_to_index
 from ..index.export import FORMATS, export_index
 from ..index.search import search
-from ..index.store import ImageIndex, remove_index
+from ..index.store import ImageIndex, index_exists, index_path, remove_index
 from ..model.registry import DEFAULT_MODEL
 from .common import add_model_options, load_from_args, progress_bar, warn_all
 
@@ -24,17 +24,22 @@ def describe_build(summary: BuildSummary) -> str:
     return "\n".join(lines)
 
 
-def _load_model_for(args, index_name: str):
-    """The model that built the index, unless --model names another (then it must match)."""
+def _load_model_for(args, index_name: str, new_index_model: str | None = None):
+    """The model that built the index, unless --model names another (then it must match); for an index that
+    does not exist yet, `new_index_model` (None: the index must exist)."""
     if args.model is None:
-        with ImageIndex.open(index_name, args.index_dir) as index:
-            args.model = index.meta["model"]
+        if new_index_model and not index_exists(index_name, args.index_dir):
+            args.model = new_index_model
+        else:
+            with ImageIndex.open(index_name, args.index_dir) as index:
+                args.model = index.meta["model"]
     return load_from_args(args)
 
 
 def cmd_build(args) -> int:
-    args.model = args.model or DEFAULT_MODEL
-    model = load_from_args(args)
+    folder_to_index(args.folder)  # a wrong folder or index name is said before the model loads
+    index_path(args.name, args.index_dir)
+    model = _load_model_for(args, args.name, new_index_model=DEFAULT_MODEL)
     if args.engine == "ray":
         from ..index.distributed import build_index_on_ray
 
@@ -60,6 +65,9 @@ def cmd_ingest(args) -> int:
         raise IndexStoreError(f"{args.shards}: no .parquet shards")
     if args.model:  # creates the index when it does not exist yet (the model must be the shards' own)
         opened = ImageIndex.create(args.name, load_from_args(args), args.index_dir)
+    elif not index_exists(args.name, args.index_dir):
+        raise IndexStoreError(f"No index named {args.name!r}: pass --model M, the model that wrote the shards, "
+                              "to create it from them.")
     else:
         opened = ImageIndex.open(args.name, args.index_dir, writable=True)
     with opened as index:
@@ -117,7 +125,8 @@ def cmd_remove(args) -> int:
 
 
 def _index_options(parser, with_model: bool = True) -> None:
-    parser.add_argument("--index-dir", default=None, help="default: indexes/ or $STUDIO_INDEX_DIR")
+    parser.add_argument("--index-dir", default=None,
+                        help="default: $STUDIO_INDEX_DIR, else the indexes/ folder beside app.py")
     if with_model:
         add_model_options(parser, default_model=None)  # None: the model that built the index
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InspectError
 from ..inspect import render
 from ..inspect.attention import attention_map, layer_attention
 from ..inspect.dense import dense_pca, patch_similarity
@@ -38,6 +39,8 @@ def run_view(model, args) -> list[Path]:
         (out / f"{stem}-grid.json").write_text(json.dumps(view.info(), indent=2))
         return files + [out / f"{stem}-positions.png", out / f"{stem}-grid.json"]
     if args.view == "similarity":
+        if not any(query.strip() for query in args.query):
+            raise InspectError("The similarity view needs what to look for: --query Q (repeat for several).")
         maps = similarity_maps(model, args.image, args.query, patches, args.method)
         warn_all(maps.warnings)
         return _write(out, f"{stem}-{args.method}", render.similarity_picture(maps, args.opacity), {"": maps.maps})
@@ -51,7 +54,8 @@ def run_view(model, args) -> list[Path]:
                       render.layer_attention_picture(attention, args.opacity), {"": attention.weights})
     if args.view == "pca":
         pca = dense_pca(model, [args.image] + ([args.second] if args.second else []), patches)
-        return _write(out, f"{stem}-pca", render.pca_picture(pca), {"": pca.colours[0]})
+        arrays = dict(zip(("", "-second"), pca.colours))
+        return _write(out, f"{stem}-pca", render.pca_picture(pca), arrays)
     similar = patch_similarity(model, args.image, args.row, args.col, args.second, patches)
     arrays = {"": similar.similarity}
     if similar.second_similarity is not None:

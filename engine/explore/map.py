@@ -148,6 +148,7 @@ class ExploreMap:
     query_point: np.ndarray | None = None  # (2,) map position of the query, when one was given
     nearest_paths: list[str] = field(default_factory=list)  # plotted images nearest the query, best first
     untrained: bool = False
+    warnings: list[str] = field(default_factory=list)  # e.g. the query cut to the model's text length
 
 
 def explore_index(index: ImageIndex, model: LoadedModel, colour_by: str = "cluster", clusters: int = 8,
@@ -168,8 +169,9 @@ def explore_index(index: ImageIndex, model: LoadedModel, colour_by: str = "clust
         colours = [f"cluster {c}" for c in cluster_colours(projection.vectors, int(clusters))]
     result = ExploreMap(projection, paths, colours, untrained=model.untrained)
     if (query or "").strip():
-        vector = encode_texts(model, [query]).vectors[0]
-        result.query, result.query_point = query, projection.place(vector)
+        encoded = encode_texts(model, [query])
+        vector = encoded.vectors[0]
+        result.query, result.query_point, result.warnings = query, projection.place(vector), encoded.warnings
         result.nearest_paths = [paths[i] for i in projection.nearest(vector, nearest)]
     return result
 

@@ -25,7 +25,7 @@ from ..model.images import IMAGE_EXTENSIONS, FileState, decode_image_bytes, read
 from ..model.loading import LoadedModel
 from ..model.preprocess import PreparedImage
 from .catalog import Catalog, FileRecord, NewImage
-from .store import ImageIndex, index_path
+from .store import CATALOG, ImageIndex, default_index_dir, index_path
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class FolderBuild:
     def run(self, todo: list[FileState], progress: ProgressCallback | None, workers: int | None) -> None:
         """Read, hash and decode in worker threads; link known contents, encode new ones, commit in batches."""
         # worker threads look hashes up through their own read-only connection, one at a time
-        reader, reader_lock = Catalog(self.index.path / "catalog.sqlite", readonly=True), threading.Lock()
+        reader, reader_lock = Catalog(self.index.path / CATALOG, readonly=True), threading.Lock()
 
         def read(state: FileState) -> _Read:
             try:
@@ -228,6 +228,14 @@ class FolderBuild:
             self.last_save = time.monotonic()
 
 
+def folder_to_index(folder: str | Path) -> Path:
+    """`folder` as an absolute path, or IndexStoreError when it is not a folder."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise IndexStoreError(f"{folder}: not a folder")
+    return root.absolute()
+
+
 def build_index(
     model: LoadedModel,
     folder: str | Path,
@@ -246,10 +254,7 @@ def build_index(
     `mixed_precision`: knowingly add vectors of the model's precision to an index built in another one.
     `device_decode`: on a GPU with torchvision, decode JPEGs there (False: with PIL on the CPU)."""
     start = time.perf_counter()
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise IndexStoreError(f"{folder}: not a folder")
-    root = root.absolute()
+    root = folder_to_index(folder)
     summary = BuildSummary(name=name, folder=str(root))
     with ImageIndex.create(name, model, index_dir, factory=factory, mixed_precision=mixed_precision) as index:
         decoder = device_decoder(model.device, model.image_preprocessor) if device_decode else None
@@ -263,10 +268,14 @@ def build_index(
     return summary
 
 
+def uploads_folder(index_dir: str | Path | None = None) -> Path:
+    """Where `stage_uploads` keeps uploaded files (one subfolder per index): the app's own folder, not the user's."""
+    return Path(index_dir or default_index_dir()).resolve() / UPLOADS
+
+
 def stage_uploads(paths: list[str | Path], name: str, index_dir: str | Path | None = None) -> Path:
     """Copy uploaded files, under their own file names, into the folder that index `name` is built from."""
-    target = index_path(name, index_dir)  # validates the name first
-    folder = target.parent / UPLOADS / target.name
+    folder = uploads_folder(index_dir) / index_path(name, index_dir).name  # validates the name first
     folder.mkdir(parents=True, exist_ok=True)
     for path in paths:
         shutil.copy2(path, folder / Path(path).name)

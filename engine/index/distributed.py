@@ -25,7 +25,7 @@ from ..model.images import decode_image_bytes, read_file_bytes
 from ..model.loading import LoadedModel, load_model
 from ..model.openvino_int8 import OPENVINO_INT8
 from ..model.preprocess import ImagePreprocessor
-from .build import BuildSummary, FolderBuild
+from .build import BuildSummary, FolderBuild, folder_to_index
 from .shards import ShardRows, ingest_shards, shard_files, write_shard, written_paths
 from .store import ImageIndex, model_fingerprint
 
@@ -175,10 +175,7 @@ def build_index_on_ray(
         raise IndexStoreError("int8-openvino is calibrated on this project's example photos, which are not shipped "
                               "to a cluster's machines: build there with --dtype int8, or without --address.")
     start = time.perf_counter()
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise IndexStoreError(f"{folder}: not a folder")
-    root = root.absolute()
+    root = folder_to_index(folder)
     summary = DistributedBuildSummary(name=name, folder=str(root), address=address or "local")
     with ImageIndex.create(name, model, index_dir, factory=factory) as index:
         shards_dir, ingested_dir = index.path / SHARDS, index.path / SHARDS / INGESTED

@@ -32,6 +32,7 @@ from .catalog import SCHEMA_VERSION, Catalog
 
 log = logging.getLogger(__name__)
 INDEX_DIR_ENV = "STUDIO_INDEX_DIR"
+CATALOG = "catalog.sqlite"
 _NAME = re.compile(r"^[\w][\w .-]{0,63}$")
 _FAISS_FILE = re.compile(r"^vectors\.v(\d+)\.faiss$")
 # FAISS indexes loaded for reading (one per index, up to 4 indexes), shared by read-only opens of the same
@@ -67,6 +68,10 @@ def index_path(name: str, index_dir: str | Path | None = None) -> Path:
     if path.parent != root:
         raise IndexStoreError(f"Index name {name!r} would leave {root}")
     return path
+
+
+def index_exists(name: str, index_dir: str | Path | None = None) -> bool:
+    return (index_path(name, index_dir) / CATALOG).exists()
 
 
 _fingerprints: weakref.WeakKeyDictionary[LoadedModel, list[float]] = weakref.WeakKeyDictionary()
@@ -128,14 +133,18 @@ class ImageIndex:
     def create(cls, name: str, model: LoadedModel, index_dir=None, factory: str | None = None,
                mixed_precision: bool = False) -> "ImageIndex":
         path = index_path(name, index_dir)
-        if (path / "catalog.sqlite").exists():
+        if factory:
+            vi.check_factory(factory, model.embed_dim)
+        if index_exists(name, index_dir):
             opened = cls.open(name, index_dir, writable=True, model=model, mixed_precision=mixed_precision)
             if model.precision not in opened.precisions:  # knowingly extended: say so from now on
                 opened._set_meta(precision=f"mixed ({', '.join(opened.precisions + [model.precision])})")
+            if factory and factory != opened.meta.get("factory_override"):
+                opened._set_meta(factory_override=factory)  # rebuilt in that type by the next replan
             return opened
         path.mkdir(parents=True, exist_ok=True)
         lock = cls._acquire(path)
-        catalog = Catalog(path / "catalog.sqlite")
+        catalog = Catalog(path / CATALOG)
         catalog.set_meta(
             model=model.name, arch=model.arch, image_setting=list(model.image_setting), dim=model.embed_dim,
             patch_size=model.patch_size, max_num_patches=model.image_preprocessor.max_num_patches,
@@ -150,12 +159,12 @@ class ImageIndex:
              mixed_precision: bool = False) -> "ImageIndex":
         """`mixed_precision`: accept a model whose precision differs from the index's (see `check_model`)."""
         path = index_path(name, index_dir)
-        if not (path / "catalog.sqlite").exists():
+        if not index_exists(name, index_dir):
             raise IndexStoreError(f"No index named {name!r} in {path.parent}. Build it first "
                                   f"(python -m engine index build FOLDER --name {name}).")
         lock = cls._acquire(path) if writable else None
         try:
-            opened = cls(path, Catalog(path / "catalog.sqlite", readonly=not writable), lock, mixed_precision)
+            opened = cls(path, Catalog(path / CATALOG, readonly=not writable), lock, mixed_precision)
         except Exception:
             if lock:
                 lock.release()
@@ -324,7 +333,8 @@ class ImageIndex:
             index = vi.create_index(plan, self.dim, training, lists)
         for ids, vectors in self.catalog.iter_embeddings(self.dim):
             index.add_with_ids(vectors, ids)
-        vi.set_search_params(index, self.meta.get("search_params") or {})
+        if factory == self.meta.get("factory"):  # tuned for this type (efSearch, nprobe); replan tunes a new one
+            vi.set_search_params(index, self.meta.get("search_params") or {})
         self.faiss_version = self.catalog.version
         return index
 
@@ -358,12 +368,14 @@ class ImageIndex:
                recall_target: float = vi.DEFAULT_RECALL_TARGET) -> bool:
         """Rebuild with a new index type when the collection outgrew its plan; tune search parameters."""
         count = self.catalog.count_images()
-        plan = vi.plan_index(count, self.dim, memory_budget, self.meta.get("factory_override"))
+        chosen = self.meta.get("factory_override")
+        plan = vi.plan_index(count, self.dim, memory_budget, chosen)
         trained_for = int(self.meta.get("trained_for") or 0)
         changed_size = count > 2 * trained_for or count < trained_for / 4
         # a new index type, or an IVF whose clusters were trained on a much smaller or larger collection
         outgrown = changed_size and (plan.factory != self.meta["factory"] or plan.needs_training)
-        if not (force or outgrown):
+        rechosen = bool(chosen) and count > 0 and plan.factory != self.meta["factory"]
+        if not (force or outgrown or rechosen):
             return False
         self.index = self._rebuild_from_catalog(plan.factory)
         self._set_meta(factory=plan.factory, trained_for=count)
@@ -423,14 +435,14 @@ class ImageIndex:
 
 def list_indexes(index_dir=None) -> list[str]:
     root = Path(index_dir or default_index_dir())
-    return sorted(p.name for p in root.iterdir() if (p / "catalog.sqlite").exists()) if root.exists() else []
+    return sorted(p.name for p in root.iterdir() if (p / CATALOG).exists()) if root.exists() else []
 
 
 def remove_index(name: str, index_dir=None) -> None:
     import shutil
 
     path = index_path(name, index_dir)
-    if not (path / "catalog.sqlite").exists():
+    if not index_exists(name, index_dir):
         raise IndexStoreError(f"No index named {name!r} in {path.parent}.")
     lock = ImageIndex._acquire(path)
     try:

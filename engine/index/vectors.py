@@ -47,6 +47,18 @@ class IndexPlan:
         return self.factory[: -len(ON_DISK)] if self.on_disk else self.factory
 
 
+def check_factory(factory: str, dim: int) -> None:
+    """Raise IndexStoreError unless FAISS can build `factory` (an index type a user named) for `dim`-d vectors."""
+    try:
+        faiss.index_factory(dim, IndexPlan(factory, 0).faiss_factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "not understood"
+        raise IndexStoreError(
+            f"Index type {factory!r} is not one FAISS can build for {dim}-dimensional vectors ({reason}). "
+            "Use a FAISS index_factory string such as Flat, HNSW32 or IVF1024,SQ8 (add ,ondisk to keep an "
+            "IVF's lists on disk), or leave it out to let the index choose.") from None
+
+
 def plan_index(count: int, dim: int, memory_budget: float = DEFAULT_MEMORY_BUDGET, factory: str | None = None) -> IndexPlan:
     """Pick an index type for `count` vectors of `dim` floats within `memory_budget` bytes."""
     if factory:

@@ -13,6 +13,7 @@ from ..model.features import patch_features, vision_tower
 from ..model.images import ImageInput
 from ..model.loading import LoadedModel
 from ..model.openvino_int8 import OPENVINO_INT8
+from ..model.quantize import query_key_projections
 from .head import probe_attention
 from .trace import ImageTrace, as_grid, trace_image
 
@@ -78,7 +79,7 @@ def layer_attention(model: LoadedModel, image: ImageInput, max_patches: int | No
     attention = block.self_attn
     normed = block.layer_norm1(hidden.to(device=model.device, dtype=model.dtype))
     span = slice(head * attention.head_dim, (head + 1) * attention.head_dim)
-    q = attention.q_proj(normed[query:query + 1])[:, span]
-    k = attention.k_proj(normed)[:, span]
+    queries, keys = query_key_projections(attention, normed)
+    q, k = queries[query:query + 1, span], keys[:, span]
     weights = torch.softmax((q @ k.T).float() * attention.scale, dim=-1)[0]
     return LayerAttention(trace, layer, head, int(row), int(col), as_grid(weights.cpu().numpy(), trace))

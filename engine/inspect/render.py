@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..model.preprocess import PatchGrid
+from ..model.text import short_text
 from .attention import AttentionMap, LayerAttention
 from .dense import DensePCA, PatchSimilarity
 from .grid import GridView
@@ -20,6 +21,7 @@ PANEL_LONG_SIDE = 448  # pixels on the long side of a main panel
 SMALL_LONG_SIDE = 160  # per-head panels
 GAP = 12
 BAR_HEIGHT = 12
+CAPTION_CHARACTERS = 160  # a query drawn under its map: at most about three lines
 SEQUENTIAL, DIVERGING = "magma", "coolwarm"
 
 
@@ -176,7 +178,8 @@ def similarity_picture(result: SimilarityMaps, opacity: float = 0.6) -> Image.Im
     signed = result.method == "gradient"
     shared = _range(result.maps, signed)
     unit = "logit" if result.method == "value" else "∂logit/∂x·x"
-    panels = [heatmap_panel(result.trace, values, [query, f"max {top:.3g} ({unit}) · image logit {logit:.2f}"],
+    panels = [heatmap_panel(result.trace, values, [short_text(query, CAPTION_CHARACTERS),
+                                                   f"max {top:.3g} ({unit}) · image logit {logit:.2f}"],
                             opacity, signed, shared)
               for query, values, top, logit in zip(result.queries, result.maps, result.maxima, result.image_logits)]
     return side_by_side(panels, columns=4)

@@ -29,6 +29,20 @@ class LabelAssignment:
         return self.name or self.image
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """`names` with repeats told apart as the ImageFolder export does: cat.jpg, cat_1.jpg, cat_2.jpg."""
+    taken: set[str] = set()
+    unique = []
+    for name in names:
+        path, number, candidate = Path(name), 1, name
+        while candidate in taken:
+            candidate = str(path.with_name(f"{path.stem}_{number}{path.suffix}"))
+            number += 1
+        taken.add(candidate)
+        unique.append(candidate)
+    return unique
+
+
 def assign_labels(result: ZeroShotResult, threshold: float = 0.5, mode: str = "multi",
                   names: dict[str, str] | None = None) -> list[LabelAssignment]:
     """Multi-label: every label with probability ≥ threshold. Single-label: the best label, if ≥ threshold.

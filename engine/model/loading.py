@@ -22,7 +22,7 @@ from .allocator import keep_freed_memory
 from .preprocess import ImagePreprocessor, check_sequence_length
 from .openvino_int8 import OPENVINO_INT8, SUPPORTED_ATTENTION, quantize_openvino
 from .quantize import INT8, packed_weights, quantize_int8
-from .registry import Checkpoint, find_checkpoint
+from .registry import Checkpoint, find_checkpoint, unknown_id_hint
 from .text import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def _hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
 
 def _offline_message(name: str, why: str) -> str:
     return (
-        f"Model {name!r} is not available: {why}. It is not in the local Hugging Face cache "
+        f"Model {name!r} is not available: {why}.{unknown_id_hint(name)} It is not in the local Hugging Face cache "
         f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}). Download it on a machine with network "
         f"(`hf download {name}`) and pass its folder as the model (for example --model /path/to/{name.split('/')[-1]}), "
         "or try the interface with a generated test model (`python -m engine make-test-model DIR`)."
@@ -122,7 +122,7 @@ def resolve_checkpoint(name_or_path: str) -> Path:
     try:
         return Path(snapshot_download(name_or_path, allow_patterns=CHECKPOINT_FILES))
     except Exception as error:
-        raise ModelLoadError(f"Downloading {name_or_path!r} failed: {error}") from None
+        raise ModelLoadError(f"Downloading {name_or_path!r} failed: {error}.{unknown_id_hint(name_or_path)}") from None
 
 
 @dataclass(eq=False)  # identity equality: modules keep per-model caches keyed by the model itself
@@ -215,6 +215,8 @@ def load_model(
 
     `compile`: run image encodes through torch.compile — a minute or more of compiling on the first batch
     (and once more if the batch size changes); for bulk encoding with fixed-resolution models on a GPU."""
+    if max_num_patches is not None:  # before any loading: a wrong value fails at once
+        max_num_patches = check_sequence_length(max_num_patches)
     directory = resolve_checkpoint(str(name_or_path))
     config_path = directory / "config.json"
     if not config_path.exists():
@@ -258,7 +260,7 @@ def load_model(
     arch = "naflex" if model_type == "siglip2" else "fixed"
     vision = model.config.vision_config
     preprocessor = ImagePreprocessor.from_checkpoint(directory, arch, vision.patch_size, getattr(vision, "image_size", 224))
-    if max_num_patches:
+    if max_num_patches is not None:
         preprocessor = preprocessor.with_max_patches(max_num_patches)
     loaded = LoadedModel(
         model=model, name=str(name_or_path), directory=directory, arch=arch, device=torch_device,

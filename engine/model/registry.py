@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 
@@ -56,3 +57,13 @@ DEFAULT_MODEL = "google/siglip2-base-patch16-naflex"
 def find_checkpoint(hub_id: str) -> Checkpoint | None:
     """The registry entry for a Hub id, or None for any other id or a local path."""
     return next((c for c in CHECKPOINTS if c.hub_id == hub_id), None)
+
+
+def unknown_id_hint(hub_id: str) -> str:
+    """For an id that is not a released checkpoint: a sentence saying so, naming the closest one ("" for a
+    released id). Other Hub ids (fine-tuned copies) are not refused, only flagged when they fail to load."""
+    if find_checkpoint(hub_id):
+        return ""
+    close = difflib.get_close_matches(hub_id, [c.hub_id for c in CHECKPOINTS], n=1, cutoff=0.8)
+    hint = f" {hub_id!r} is not one of the {len(CHECKPOINTS)} released SigLIP 2 checkpoints"
+    return hint + (f": did you mean {close[0]!r}?" if close else ".")

@@ -85,14 +85,16 @@ def class_vectors(model: LoadedModel, classes: list[str], templates=None, canoni
 
 def zero_shot(model: LoadedModel, data: TrainData, templates=None, canonicalize: bool = True,
               progress: ProgressCallback | None = None) -> EvalReport:
-    """Top-1 and top-5 zero-shot accuracy over `data.classes` (top-5 is 1 with five classes or fewer)."""
+    """Top-1 and top-5 zero-shot accuracy over `data.classes` (top-5 only with more than five classes, where
+    it can miss)."""
     if not data.classes:
         raise TrainError(f"{data.source}: zero-shot accuracy needs classes (class subfolders or a label column).")
     images, kept, skipped = embed_examples(model, data, progress=progress)
     scores = images @ class_vectors(model, data.classes, templates, canonicalize).T
     truth = np.array([data.examples[i].label for i in kept])
     order = np.argsort(-scores, axis=1)
-    metrics = {f"top{k}": float((order[:, :k] == truth[:, None]).any(axis=1).mean()) for k in (1, 5)}
+    metrics = {f"top{k}": float((order[:, :k] == truth[:, None]).any(axis=1).mean())
+               for k in (1, 5) if k == 1 or k < len(data.classes)}
     return EvalReport(metrics, len(kept), num_classes=len(data.classes), skipped=skipped)
 
 

@@ -69,7 +69,7 @@ class _ChunkedSigmoidLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         images, texts, logit_scale, logit_bias, image_groups, text_groups = ctx.saved_tensors
-        scale = logit_scale.exp()
+        scale = logit_scale.exp().reshape(())  # a checkpoint's t and b have shape (1,)
         grad_images = torch.zeros_like(images)
         grad_texts = torch.zeros_like(texts)
         accumulate = torch.promote_types(images.dtype, torch.float32)

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -136,6 +137,8 @@ def prepare_mode(model: LoadedModel, config: TrainConfig):
     elif config.mode == "lora":
         from peft import LoraConfig, get_peft_model
 
+        # peft reads transformers' deprecated is_gradient_checkpointing: a notice users cannot act on
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                           target_modules=lora_targets(model.arch), bias="none")
         peft_model = get_peft_model(module, lora)  # injects the adapters into `module` in place
@@ -201,12 +204,16 @@ def _run_info(config: TrainConfig, source: str, data: str, step: int, total: int
 RUNTIME_FIELDS = ("device", "bf16", "max_steps")
 
 
-def train(model_name: str | None, data: str | Path | TrainData | None, out: str | Path,
+def train(model_name: str | LoadedModel | None, data: str | Path | TrainData | None, out: str | Path,
           config: TrainConfig | None = None, resume: bool = False, on_event: Callable[[TrainEvent], None] | None = None,
           should_stop: Callable[[], bool] | None = None, runtime: dict | None = None) -> TrainResult:
     """Fine-tune `model_name` on `data`, writing a loadable checkpoint (and resumable state) to `out`. With
     `resume`, the run in `out` continues from its last checkpoint: its model, its data when `data` is None,
-    its settings when `config` is None, with `runtime` ({field: value} of RUNTIME_FIELDS) replacing those."""
+    its settings when `config` is None, with `runtime` ({field: value} of RUNTIME_FIELDS) replacing those.
+    `model_name`: a Hub id or checkpoint folder, or a LoadedModel, whose checkpoint the run loads afresh in
+    float32 on its own device."""
+    if isinstance(model_name, LoadedModel):
+        model_name = str(model_name.directory)
     out = Path(out).expanduser()
     state = load_state(out) if resume else None
     if resume and state is None:
