@@ -16,7 +16,7 @@ import gradio as gr
 
 from engine import StudioError
 from engine.index.build import uploads_folder
-from engine.index.store import list_indexes
+from engine.index.store import CATALOG, list_indexes
 from engine.model.images import open_image
 
 log = logging.getLogger("app")
@@ -128,7 +128,7 @@ class ImageInput(gr.Image):
 def index_choices(index_dir) -> tuple[list[str], str | None]:
     """The indexes to choose from, and the most recently changed one (to preselect)."""
     names = list_indexes(index_dir)
-    changed = {name: (Path(index_dir) / name / "catalog.sqlite").stat().st_mtime for name in names}
+    changed = {name: (Path(index_dir) / name / CATALOG).stat().st_mtime for name in names}
     return names, max(names, key=changed.get) if names else None
 
 

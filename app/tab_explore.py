@@ -15,7 +15,7 @@ from engine import StudioError
 from engine.explore.map import DEFAULT_MAX_POINTS, ExploreMap, PointDetails, explore_index, point_details
 from engine.index.search import similar_images
 from engine.index.catalog import Catalog
-from engine.index.store import index_path
+from engine.index.store import CATALOG, index_path
 from engine.model.text import short_text
 
 from .common import MODEL_QUEUE, gpu, index_dropdown, path_as_known, shown_in_place, thumbnail
@@ -150,7 +150,7 @@ def build(studio: Studio) -> list[gr.Dropdown]:
     @contextmanager
     def catalog_of(name: str):
         """The index's catalogue alone, read-only: hovering and selecting need no FAISS file loaded."""
-        path = index_path(name, studio.index_dir) / "catalog.sqlite"
+        path = index_path(name, studio.index_dir) / CATALOG
         if not path.exists():
             raise StudioError(f"No index named {name!r}; draw the map again.")
         catalog = Catalog(path, readonly=True)

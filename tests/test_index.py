@@ -221,7 +221,15 @@ def test_an_index_type_faiss_cannot_build_is_refused_before_anything_is_written(
     build_index(naflex_model, folder, "good", index_dir)
     with pytest.raises(IndexStoreError, match="IVF1024,SQ8"):
         build_index(naflex_model, folder, "good", index_dir, factory="IVF,Nonsense")
-    assert assert_consistent("good", index_dir).index_type == "Flat"  # the refused type left no trace
+    with pytest.raises(IndexStoreError, match="only an IVF index keeps its lists on disk"):
+        build_index(naflex_model, folder, "good", index_dir, factory="HNSW32,ondisk")
+    # FAISS reads it, but cannot train 1024 lists on 3 images: the index stays as it was, nothing recorded
+    with pytest.raises(IndexStoreError, match="could not be built as IVF1024,Flat for 3 images.*stays Flat"):
+        build_index(naflex_model, folder, "good", index_dir, factory="IVF1024,Flat")
+    build_index(naflex_model, folder, "good", index_dir)  # a later build without a type still works
+    assert assert_consistent("good", index_dir).index_type == "Flat"  # the refused types left no trace
+    with ImageIndex.open("good", index_dir) as index:
+        assert index.meta["factory_override"] is None
 
 
 def test_naming_another_index_type_rebuilds_an_existing_index_in_it(naflex_model, tmp_path):

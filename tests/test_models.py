@@ -67,6 +67,9 @@ def test_missing_model_fails_fast_with_a_clear_message(tmp_path, monkeypatch, of
         load_model("google/siglip2-base-patch16-nafelx")
     assert "not one of the 17 released SigLIP 2 checkpoints: did you mean 'google/siglip2-base-patch16-naflex'?" \
         in str(misspelled.value)
+    with pytest.raises(ModelLoadError) as elsewhere:  # someone's fine-tuned copy is not taken for a misspelling
+        load_model("acme/siglip2-base-patch16-224-ft")
+    assert "released" not in str(elsewhere.value)
 
 
 def test_bad_local_folders(tmp_path, naflex_dir):

@@ -2,6 +2,7 @@
 both towers, CPU only, indexes that record and enforce their precision, reduced-scale JPEG decoding."""
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,6 +116,27 @@ def test_fused_attention_is_transformers_attention(naflex_dir, fixed_dir, implem
                     torch.testing.assert_close(weights, expected_weights, rtol=1e-5, atol=1e-6)
                     assert weights[0, :, :, -5:].max() < 1e-6  # the mask reached it
                 assert torch.equal(int8_of(fused)(hidden, mask)[0], int8_of(original)(hidden, mask)[0])
+
+
+def test_an_int8_model_pickles_also_into_a_fresh_process(naflex_int8, tmp_path):
+    """The fused attention classes are made at run time; pickle (torch.save, worker processes) finds them by
+    name, also where no model was quantized yet."""
+    import pickle
+    import subprocess
+    import sys
+
+    texts = encode_texts(naflex_int8, TEXTS).vectors
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(naflex_int8.model))
+    script = ("import pickle, sys, torch; model = pickle.load(open(sys.argv[1], 'rb')); "
+              "print(type(model.text_model.encoder.layers[0].self_attn).__name__)")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model.pkl")], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().startswith("FusedQKV")
+    copied = copy.copy(naflex_int8)
+    copied.model = pickle.loads(pickle.dumps(naflex_int8.model))
+    # unpickled weights are packed again for torch's current quantized engine, whose rounding differs a little
+    assert (encode_texts(copied, TEXTS).vectors * texts).sum(axis=1).min() > 0.9999
 
 
 def test_torchs_quantization_notices_stay_out_of_a_users_output(naflex_dir):

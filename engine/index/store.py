@@ -117,6 +117,8 @@ class ImageIndex:
         self.dim = int(self.meta["dim"])
         self.faiss_version = 0
         self.index = self._load_faiss()
+        # an index type named for this build: recorded (as factory_override) once `replan` has built it
+        self.requested_factory: str | None = None
 
     # opening -----------------------------------------------------------------------------------
     @staticmethod
@@ -139,8 +141,7 @@ class ImageIndex:
             opened = cls.open(name, index_dir, writable=True, model=model, mixed_precision=mixed_precision)
             if model.precision not in opened.precisions:  # knowingly extended: say so from now on
                 opened._set_meta(precision=f"mixed ({', '.join(opened.precisions + [model.precision])})")
-            if factory and factory != opened.meta.get("factory_override"):
-                opened._set_meta(factory_override=factory)  # rebuilt in that type by the next replan
+            opened.requested_factory = factory
             return opened
         path.mkdir(parents=True, exist_ok=True)
         lock = cls._acquire(path)
@@ -149,10 +150,12 @@ class ImageIndex:
             model=model.name, arch=model.arch, image_setting=list(model.image_setting), dim=model.embed_dim,
             patch_size=model.patch_size, max_num_patches=model.image_preprocessor.max_num_patches,
             fingerprint=model_fingerprint(model), untrained=model.untrained, precision=model.precision,
-            factory_override=factory, factory="Flat", trained_for=0, search_params={}, recall_estimate=None,
+            factory_override=None, factory="Flat", trained_for=0, search_params={}, recall_estimate=None,
             schema_version=SCHEMA_VERSION, created_at=time.time(), version=0, logit_scale=model.logit_scale,
             logit_bias=model.logit_bias)
-        return cls(path, catalog, lock, mixed_precision)
+        created = cls(path, catalog, lock, mixed_precision)
+        created.requested_factory = factory
+        return created
 
     @classmethod
     def open(cls, name: str, index_dir=None, writable: bool = False, model: LoadedModel | None = None,
@@ -368,7 +371,7 @@ class ImageIndex:
                recall_target: float = vi.DEFAULT_RECALL_TARGET) -> bool:
         """Rebuild with a new index type when the collection outgrew its plan; tune search parameters."""
         count = self.catalog.count_images()
-        chosen = self.meta.get("factory_override")
+        chosen = self.requested_factory or self.meta.get("factory_override")
         plan = vi.plan_index(count, self.dim, memory_budget, chosen)
         trained_for = int(self.meta.get("trained_for") or 0)
         changed_size = count > 2 * trained_for or count < trained_for / 4
@@ -376,9 +379,18 @@ class ImageIndex:
         outgrown = changed_size and (plan.factory != self.meta["factory"] or plan.needs_training)
         rechosen = bool(chosen) and count > 0 and plan.factory != self.meta["factory"]
         if not (force or outgrown or rechosen):
+            if self.requested_factory and count > 0:  # already in the named type: remember it
+                self._set_meta(factory_override=self.requested_factory)
             return False
-        self.index = self._rebuild_from_catalog(plan.factory)
-        self._set_meta(factory=plan.factory, trained_for=count)
+        try:
+            self.index = self._rebuild_from_catalog(plan.factory)
+        except RuntimeError as error:  # e.g. an IVF with more lists than images to train them
+            reason = str(error).strip().splitlines()[-1] if str(error).strip() else "FAISS refused it"
+            raise IndexStoreError(f"Index {self.path.name!r} could not be built as {plan.factory} for {count} "
+                                  f"images ({reason}); it stays {self.meta['factory']}. Name another type, or "
+                                  "none to let the index choose.") from None
+        self._set_meta(factory=plan.factory, trained_for=count,
+                       factory_override=self.requested_factory or self.meta.get("factory_override"))
         self.tune(recall_target)
         return True
 

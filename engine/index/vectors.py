@@ -49,14 +49,18 @@ class IndexPlan:
 
 def check_factory(factory: str, dim: int) -> None:
     """Raise IndexStoreError unless FAISS can build `factory` (an index type a user named) for `dim`-d vectors."""
+    plan = IndexPlan(factory, 0)
     try:
-        faiss.index_factory(dim, IndexPlan(factory, 0).faiss_factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, plan.faiss_factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else "not understood"
         raise IndexStoreError(
             f"Index type {factory!r} is not one FAISS can build for {dim}-dimensional vectors ({reason}). "
             "Use a FAISS index_factory string such as Flat, HNSW32 or IVF1024,SQ8 (add ,ondisk to keep an "
             "IVF's lists on disk), or leave it out to let the index choose.") from None
+    if plan.on_disk and faiss.try_extract_index_ivf(index) is None:
+        raise IndexStoreError(f"Index type {factory!r}: only an IVF index keeps its lists on disk ({ON_DISK}); "
+                              f"use e.g. IVF1024,PQ32x8{ON_DISK}, or {plan.faiss_factory} without it.")
 
 
 def plan_index(count: int, dim: int, memory_budget: float = DEFAULT_MEMORY_BUDGET, factory: str | None = None) -> IndexPlan:

@@ -122,7 +122,8 @@ def resolve_checkpoint(name_or_path: str) -> Path:
     try:
         return Path(snapshot_download(name_or_path, allow_patterns=CHECKPOINT_FILES))
     except Exception as error:
-        raise ModelLoadError(f"Downloading {name_or_path!r} failed: {error}.{unknown_id_hint(name_or_path)}") from None
+        raise ModelLoadError(f"Downloading {name_or_path!r} failed: {str(error).rstrip('.')}."
+                             f"{unknown_id_hint(name_or_path)}") from None
 
 
 @dataclass(eq=False)  # identity equality: modules keep per-model caches keyed by the model itself

@@ -113,11 +113,30 @@ class FusedQKVAttention(torch.nn.Module):
         return self.out_proj(output.reshape(*hidden_states.shape[:-1], -1).contiguous()), weights
 
 
+FUSED_PREFIX = "FusedQKV"
+
+
 @functools.cache
 def _fused_class(attention_class: type) -> type:
     # the eager attention function of the block's own modelling file, as its forward uses
     eager = staticmethod(sys.modules[attention_class.__module__].eager_attention_forward)
-    return type(f"FusedQKV{attention_class.__name__}", (FusedQKVAttention, attention_class), {"eager_attention": eager})
+    name = f"{FUSED_PREFIX}{attention_class.__name__}"
+    return type(name, (FusedQKVAttention, attention_class),
+                {"eager_attention": eager, "__module__": __name__, "__qualname__": name})
+
+
+def __getattr__(name: str) -> type:
+    """The fused classes by name (engine.model.quantize.FusedQKVSiglip2Attention), made on first use: so that
+    pickle finds them, also in a process that has not quantized a model yet."""
+    if name.startswith(FUSED_PREFIX):
+        from transformers.models.siglip import modeling_siglip
+        from transformers.models.siglip2 import modeling_siglip2
+
+        for modelling in (modeling_siglip2, modeling_siglip):
+            attention_class = getattr(modelling, name[len(FUSED_PREFIX):], None)
+            if isinstance(attention_class, type):
+                return _fused_class(attention_class)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def fuse_query_key_value(attention: torch.nn.Module) -> None:

@@ -60,9 +60,9 @@ def find_checkpoint(hub_id: str) -> Checkpoint | None:
 
 
 def unknown_id_hint(hub_id: str) -> str:
-    """For an id that is not a released checkpoint: a sentence saying so, naming the closest one ("" for a
-    released id). Other Hub ids (fine-tuned copies) are not refused, only flagged when they fail to load."""
-    if find_checkpoint(hub_id):
+    """For an id in Google's SigLIP 2 namespace that is not a released checkpoint (a misspelling): a sentence
+    saying so, naming the closest one; "" for any other id (a fine-tuned copy elsewhere is not flagged)."""
+    if find_checkpoint(hub_id) or not hub_id.startswith("google/siglip"):
         return ""
     close = difflib.get_close_matches(hub_id, [c.hub_id for c in CHECKPOINTS], n=1, cutoff=0.8)
     hint = f" {hub_id!r} is not one of the {len(CHECKPOINTS)} released SigLIP 2 checkpoints"

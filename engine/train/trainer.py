@@ -210,10 +210,10 @@ def train(model_name: str | LoadedModel | None, data: str | Path | TrainData | N
     """Fine-tune `model_name` on `data`, writing a loadable checkpoint (and resumable state) to `out`. With
     `resume`, the run in `out` continues from its last checkpoint: its model, its data when `data` is None,
     its settings when `config` is None, with `runtime` ({field: value} of RUNTIME_FIELDS) replacing those.
-    `model_name`: a Hub id or checkpoint folder, or a LoadedModel, whose checkpoint the run loads afresh in
-    float32 on its own device."""
+    `model_name`: a Hub id or checkpoint folder, or a LoadedModel, whose checkpoint the run loads afresh (by
+    the name it was loaded by, which a resume uses too) in float32 on its own device."""
     if isinstance(model_name, LoadedModel):
-        model_name = str(model_name.directory)
+        model_name = model_name.name
     out = Path(out).expanduser()
     state = load_state(out) if resume else None
     if resume and state is None:
