@@ -118,7 +118,7 @@ def _build_one(studio: Studio) -> None:
                               elem_id="label-scores")
             notes = gr.Markdown(elem_id="label-notes")
     rows = example_rows()
-    caption = gr.Textbox(visible=False)  # the examples table shows each photo once with this short caption
+    caption = gr.Textbox(visible=False, label="Photo · labels")  # each photo once in the examples table, with this
     captions = {name: text for name, text, _ in EXAMPLE_PHOTOS}
     examples = gr.Examples([[row[0], captions[Path(row[0]).name]] for row in rows], [image, caption],
                            cache_examples=False, examples_per_page=len(rows),

@@ -13,6 +13,9 @@ CSS = """
 .gallery-item .caption-label { white-space: pre-line; overflow: visible; text-overflow: clip; line-height: 1.25;
   max-width: 100%; text-align: left; }
 #explore-card { overflow-wrap: anywhere; }
+/* narrow windows: a table's words wrap whole (a header read "probabilit y"); long file names may still break */
+#label-notes th, #label-notes td { word-break: normal; overflow-wrap: normal; hyphens: none; }
+#label-notes td:first-child { overflow-wrap: anywhere; }
 """
 INTRO = ("# SigLIP 2 Studio\nZero-shot labelling, multilingual image search, an embedding explorer and a look "
          "inside Google's SigLIP 2 encoders. Probabilities are SigLIP's sigmoid scores: independent per label.")
