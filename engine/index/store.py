@@ -385,12 +385,11 @@ class ImageIndex:
         try:
             self.index = self._rebuild_from_catalog(plan.factory)
         except RuntimeError as error:  # e.g. an IVF with more lists than images to train them
-            reason = str(error).strip().splitlines()[-1] if str(error).strip() else "FAISS refused it"
             raise IndexStoreError(f"Index {self.path.name!r} could not be built as {plan.factory} for {count} "
-                                  f"images ({reason}); it stays {self.meta['factory']}. Name another type, or "
-                                  "none to let the index choose.") from None
-        self._set_meta(factory=plan.factory, trained_for=count,
-                       factory_override=self.requested_factory or self.meta.get("factory_override"))
+                                  f"images ({vi.faiss_reason(error, 'FAISS refused it')}); it stays "
+                                  f"{self.meta['factory']}. Name another type, or none to let the index "
+                                  "choose.") from None
+        self._set_meta(factory=plan.factory, trained_for=count, factory_override=chosen)
         self.tune(recall_target)
         return True
 

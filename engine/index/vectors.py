@@ -47,15 +47,21 @@ class IndexPlan:
         return self.factory[: -len(ON_DISK)] if self.on_disk else self.factory
 
 
+def faiss_reason(error: Exception, default: str) -> str:
+    """The last line of a FAISS error (its C++ message, without the file and line it came from)."""
+    text = str(error).strip()
+    return text.splitlines()[-1][:200] if text else default
+
+
 def check_factory(factory: str, dim: int) -> None:
     """Raise IndexStoreError unless FAISS can build `factory` (an index type a user named) for `dim`-d vectors."""
     plan = IndexPlan(factory, 0)
     try:
         index = faiss.index_factory(dim, plan.faiss_factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "not understood"
         raise IndexStoreError(
-            f"Index type {factory!r} is not one FAISS can build for {dim}-dimensional vectors ({reason}). "
+            f"Index type {factory!r} is not one FAISS can build for {dim}-dimensional vectors "
+            f"({faiss_reason(error, 'not understood')}). "
             "Use a FAISS index_factory string such as Flat, HNSW32 or IVF1024,SQ8 (add ,ondisk to keep an "
             "IVF's lists on disk), or leave it out to let the index choose.") from None
     if plan.on_disk and faiss.try_extract_index_ivf(index) is None:
@@ -281,7 +287,7 @@ def write_index_atomic(index: faiss.Index, path: Path) -> None:
     except (RuntimeError, OSError) as error:  # faiss reports a failed fwrite as RuntimeError
         tmp.unlink(missing_ok=True)
         reason = "no space left on device" if "space" in str(error).lower() or getattr(error, "errno", 0) == 28 \
-            else str(error).strip().splitlines()[-1][:200]
+            else faiss_reason(error, "write failed")
         raise IndexStoreError(
             f"Saving the index in {path.parent.name!r} failed ({reason}). Everything already stored is safe in "
             "its catalogue and the previous index file is intact; free some space and build again (stored "

@@ -54,4 +54,3 @@ def keep_freed_memory() -> bool:
         pass
     log.debug("malloc keeps freed memory: %s", _kept)
     return _kept
-
