@@ -231,7 +231,7 @@ def _dense_view(studio: Studio, image, second, max_patches, opacity) -> None:
     pca_notes = gr.Markdown(elem_id="pca-notes")
     pca_picture = _picture("Patch features → RGB (first three principal components)", "pca-picture")
     pca_array = gr.File(label="Colours (.npy, rows × cols × 3; the second image's beside it)", file_count="multiple",
-                        height=80)
+                        height=140)  # room for both files
     gr.Markdown("#### Patch-to-patch similarity (click the picture to choose the patch)")
     with gr.Row():
         row, col = _patch_inputs()
@@ -239,7 +239,7 @@ def _dense_view(studio: Studio, image, second, max_patches, opacity) -> None:
     similar_notes = gr.Markdown(elem_id="patch-notes")
     similar_picture = _picture("Cosine similarity of the chosen patch (green box) to every patch", "patch-picture")
     similar_arrays = gr.File(label="Similarities (.npy, rows × cols; second image's beside it)",
-                             file_count="multiple", height=80)
+                             file_count="multiple", height=140)  # room for both files
     similar_result = gr.State()
 
     def pca_outputs(studio_model, image_paths: list[str], patches, joint: bool):

@@ -94,7 +94,7 @@ def _read_class_folders(folder: Path) -> TrainData:
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     loose = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
     if not subfolders:
-        hint = f" ({len(loose)} images lie directly in it)" if loose else ""
+        hint = f" ({len(loose)} {'image lies' if len(loose) == 1 else 'images lie'} directly in it)" if loose else ""
         raise TrainError(f"{folder}: no class subfolders{hint}. Put each class's images in a subfolder named "
                          "after the class, or give a caption file.")
     examples, skipped, classes = [], [], []
