@@ -265,6 +265,52 @@ def test_the_batch_in_flight_is_stored_at_the_end_and_when_cancelled(naflex_mode
         assert index.info().images == 32  # the first batch was still in flight at the cancel: stored
 
 
+def test_with_the_device_decoding_three_batches_are_under_way_and_all_are_stored(naflex_model, tmp_path,
+                                                                                 monkeypatch):
+    """On a GPU one batch is decoded (in a thread of its own) while the one before is encoded and the one
+    before that stored: every batch is stored at the end, and at a cancel the one encoded is kept."""
+    import threading
+
+    from engine.model.encode import PendingVectors, start_pixel_batch
+    from test_index import make_folder
+
+    decoding_threads = set()
+
+    def in_its_thread(encoded, device):
+        decoding_threads.add(threading.current_thread().name)
+        return stored_pixels(encoded, device)
+
+    def as_on_a_gpu(model, prepared):
+        return PendingVectors(start_pixel_batch(model, prepared).vectors, _CopyUnderWay())
+
+    monkeypatch.setattr(build_module, "device_decoder", lambda device, preprocessor: in_its_thread)
+    monkeypatch.setattr(build_module, "start_pixel_batch", as_on_a_gpu)
+    make_folder(tmp_path / "photos", count=40)
+    whole = build_index(naflex_model, tmp_path / "photos", "whole", tmp_path, batch_size=8)
+    assert (whole.encoded, whole.images) == (40, 40)
+    assert decoding_threads and threading.current_thread().name not in decoding_threads
+
+    def cancel_at_file_35(done: int, total: int) -> None:
+        if done == 35:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # batches of 8: 1-24 stored or encoded, 25-32 still decoding
+        build_index(naflex_model, tmp_path / "photos", "cut", tmp_path, batch_size=8, progress=cancel_at_file_35)
+    with ImageIndex.open("cut", tmp_path) as index:
+        assert index.info().images == 24
+
+
+def test_spatial_shapes_stay_on_the_host(naflex_model):
+    """transformers reads each image's shape with .tolist(): on a GPU a device tensor there would wait for all
+    queued work once per image, so that no batch would overlap the one before."""
+    batch = naflex_model.image_preprocessor.collate(
+        [naflex_model.image_preprocessor(random_image(40 + 9 * i, 70, seed=i)) for i in range(3)])
+    inputs = batch.model_inputs(torch.device("meta"), torch.bfloat16)
+    assert inputs["pixel_values"].device.type == "meta" and inputs["pixel_attention_mask"].device.type == "meta"
+    assert inputs["spatial_shapes"].device.type == "cpu"
+    assert inputs["spatial_shapes"].tolist() == [[g.rows, g.cols] for g in batch.grids]
+
+
 def test_a_cpu_build_stores_each_batch_once_it_is_encoded(naflex_model, tmp_path):
     """Nothing to overlap on a CPU (the encode returns when done), so no batch waits for the next one."""
     from engine.index.catalog import Catalog

@@ -9,7 +9,7 @@ from transformers import AutoImageProcessor
 
 from conftest import random_image
 from engine import load_model
-from engine.model.encode import encode_images, encode_texts
+from engine.model.encode import embed_pixel_batch, encode_images, encode_texts
 from engine.model.testmodel import make_test_model
 from test_text import independent_reference_ids
 
@@ -90,3 +90,29 @@ def test_compiled_image_encodes_equal_eager_ones(fixed_dir, image_files):
     found = encode_images(compiled, image_files[:3], batch_size=3).vectors
     assert counters["stats"]["unique_graphs"] > graphs_before
     np.testing.assert_allclose(found, expected, atol=1e-5)
+
+
+def test_naflex_positions_are_resized_once_per_grid_with_transformers_values(naflex_model, monkeypatch):
+    """transformers resizes the learned position grid once per image; the engine once per distinct grid in a
+    batch (engine/model/positions.py), which must give the same values."""
+    import torch.nn.functional as F
+
+    from engine.model import positions
+
+    embeddings = naflex_model.model.vision_model.embeddings
+    side = embeddings.position_embedding_size
+    learned = embeddings.position_embedding.weight.detach().reshape(side, side, -1)
+    length = naflex_model.image_preprocessor.max_num_patches
+    shapes = torch.tensor([[4, 6], [6, 4], [4, 6], [1, 1], [4, 6], [8, 8]])
+    assert 8 * 8 <= length
+    ours = positions.resize_once_per_grid(learned, shapes, length)
+    theirs = type(embeddings).resize_positional_embeddings(learned, shapes, length)
+    assert ours.shape == (6, length, learned.shape[-1]) and torch.equal(ours, theirs)
+
+    calls = []
+    monkeypatch.setattr(positions, "F", type("Counting", (), {"interpolate": staticmethod(
+        lambda *args, **kwargs: calls.append(kwargs["size"]) or F.interpolate(*args, **kwargs))}))
+    wide, tall = random_image(60, 200, seed=1), random_image(200, 60, seed=2)
+    prepared = [naflex_model.image_preprocessor(image) for image in (wide, tall, wide, wide, tall)]
+    embed_pixel_batch(naflex_model, prepared)
+    assert sorted(calls) == sorted({(p.grid.rows, p.grid.cols) for p in prepared}) and len(calls) == 2

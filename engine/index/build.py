@@ -3,7 +3,8 @@
 Unchanged files (same size and mtime) are skipped; new or changed files are hashed, and content already
 stored is linked rather than encoded again; deleted files are removed. Files are read, hashed and
 decoded in a thread pool ahead of the model; on a GPU with torchvision, JPEGs are decoded by the GPU
-instead (model/device_decode.py). Each encoded batch is one SQLite transaction.
+instead (model/device_decode.py), in a thread of its own, while the batch before is encoded and the one
+before that stored. Each encoded batch is one SQLite transaction.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import os
 import shutil
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ImageReadError, IndexStoreError
 from ..faults import crash_point
-from ..model.device_decode import DeviceJpeg, JpegDecoder, device_decoder, device_jpeg, prepare_what_decodes
+from ..model.device_decode import (DeviceJpeg, DevicePrepared, JpegDecoder, device_decoder, device_jpeg,
+                                   prepare_what_decodes)
 from ..model.encode import (PendingVectors, ProgressCallback, decode_target, ordered_parallel_map,
                             start_pixel_batch)
 from ..model.images import IMAGE_EXTENSIONS, FileState, decode_image_bytes, read_file_bytes, scan_folder
@@ -57,12 +60,14 @@ class BuildSummary:
 
 @dataclass
 class _Batch:
-    """What one transaction stores: new images (their vectors perhaps still on the way), links, failures."""
+    """What one transaction stores: new images (perhaps still being decoded, or their vectors still on the
+    way), links, failures."""
 
     reads: list["_Read"]
-    vectors: PendingVectors | None
     links: list[FileRecord]
     failures: list[tuple[str, str, int, int]]
+    decoding: Future[DevicePrepared | None] | None = None  # its JPEGs, decoded by the device's thread
+    vectors: PendingVectors | None = None
 
 
 @dataclass
@@ -85,7 +90,11 @@ class FolderBuild:
         self.pending: list[_Read] = []
         self.links: list[FileRecord] = []
         self.failures: list[tuple[str, str, int, int]] = []
-        self.in_flight: _Batch | None = None  # encoded on the device while the next batch is prepared
+        # On a GPU three batches are under way at once: one decoded in a thread of its own, the one before
+        # encoded by the device, and the one before that stored by this thread.
+        self.decoding: _Batch | None = None
+        self.in_flight: _Batch | None = None
+        self.decode_thread: ThreadPoolExecutor | None = None
         self.last_save = time.monotonic()
 
     def plan(self) -> list[FileState]:
@@ -131,12 +140,16 @@ class FolderBuild:
             except ImageReadError as error:
                 return _Read(state, failure=error.reason)
 
-        # With the device decoding, the threads only read, hash and walk headers: 4 read fastest on the H100
-        # machine (bench/gpu_build.py: 2,931 img/s against 2,494 with 8), more contend for the interpreter.
-        workers = workers or (4 if self.decoder else None)
+        # With the device decoding, the threads only read, hash and walk headers, beside the decoding thread:
+        # 2 built fastest on an H200 (bench/gpu_build.py, two runs: 2,417 and 2,707 img/s against 2,262 and
+        # 2,467 with 4, 2,212 and 2,396 with 8); more contend for the interpreter.
+        workers = workers or (2 if self.decoder else None)
+        if self.decoder:
+            self.decode_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device-decode")
         try:
             # decoding runs on while a batch is encoded: two batches ahead (a GPU's batches are large); files
-            # for the device wait as whole JPEGs, so one batch ahead: about 2 × batch × file size in memory
+            # for the device wait as whole JPEGs, so one batch ahead (and one in the decoding thread): about
+            # 3 × batch × file size in memory
             lookahead = max(64, (1 if self.decoder else 2) * self.batch_size)
             for done, item in enumerate(ordered_parallel_map(read, todo, workers, lookahead), start=1):
                 self._take(item)
@@ -145,7 +158,7 @@ class FolderBuild:
                 if progress:
                     progress(done, len(todo))
             self.commit()
-            self.store_in_flight()
+            self.drain()
         except BaseException:  # a cancel, or a failure elsewhere: what was encoded is still stored
             try:
                 self.store_in_flight()
@@ -153,13 +166,14 @@ class FolderBuild:
                 log.exception("could not store the batch in flight after the build stopped")
             raise
         finally:
+            if self.decode_thread:
+                self.decode_thread.shutdown(wait=True)  # no decoding left running on the device after the build
             reader.close()
 
     def _take(self, item: _Read) -> None:
         state = item.state
         if item.failure:
-            self.failures.append((state.path, item.failure, state.size, state.mtime_ns))
-            self.summary.skipped.append((state.path, item.failure))
+            self._fail(item, self.failures)
         elif item.known_id is not None:
             self.links.append(FileRecord(state.path, item.known_id, state.size, state.mtime_ns))
             self.summary.linked += 1
@@ -170,17 +184,61 @@ class FolderBuild:
         image, full_size = decode_image_bytes(data, path, decode_target(self.model))
         return self.model.image_preprocessor(image, full_size)
 
-    def _prepare_on_device(self) -> None:
-        """Decode the pending JPEGs on the device; the files it refuses are decoded by PIL, which reports the
+    def _fail(self, read: _Read, failures: list[tuple[str, str, int, int]]) -> None:
+        state = read.state
+        failures.append((state.path, read.failure, state.size, state.mtime_ns))
+        self.summary.skipped.append((state.path, read.failure))
+
+    def commit(self) -> None:
+        """Hand the pending JPEGs to the device's decoding thread, start encoding the batch it decoded before,
+        and store the batch started before that (its images, links and failures in one transaction)."""
+        batch = _Batch(self.pending, self.links, self.failures)
+        self.pending, self.links, self.failures = [], [], []
+        jpegs = [r.jpeg for r in batch.reads if r.jpeg is not None]
+        if jpegs and self.decoder:
+            batch.decoding = self.decode_thread.submit(self._decode_on_device, jpegs)
+        earlier, self.decoding = self.decoding, batch
+        if earlier is not None:
+            self._encode(earlier)
+        if batch.decoding is None:  # nothing to wait for (a CPU, or no JPEGs for the device): on at once
+            self.decoding = None
+            self._encode(batch)
+
+    def drain(self) -> None:
+        """Encode and store what is still under way (the end of a build)."""
+        batch, self.decoding = self.decoding, None
+        if batch is not None:
+            self._encode(batch)
+        self.store_in_flight()
+
+    def _encode(self, batch: _Batch) -> None:
+        self._take_decoded(batch)
+        batch.vectors = start_pixel_batch(self.model, [r.image for r in batch.reads]) if batch.reads else None
+        previous, self.in_flight = self.in_flight, batch
+        if previous is not None:  # (if storing it fails, the batch just started is still stored on the way out)
+            self._store(previous)
+        if batch.vectors is None or batch.vectors.done:  # nothing to overlap (a CPU encodes within the call)
+            self.store_in_flight()
+
+    def _decode_on_device(self, jpegs: list[DeviceJpeg]) -> DevicePrepared | None:
+        """In the decoding thread, one batch after another: None once the decoder has been given up."""
+        decoder = self.decoder
+        if decoder is None:
+            return None
+        prepared = prepare_what_decodes(jpegs, self.model.image_preprocessor, self.model.device, decoder)
+        if len(jpegs) >= 8 and all(image is None for image in prepared.images):  # the decoder, not the files
+            log.warning("the device refused all %d JPEGs of a batch; decoding with PIL from now on", len(jpegs))
+            self.decoder = None
+        return prepared
+
+    def _take_decoded(self, batch: _Batch) -> None:
+        """The batch's images decoded on the device; the files it refused are decoded by PIL, which reports the
         ones at fault with their reasons."""
-        waiting = [r for r in self.pending if r.jpeg is not None]
+        waiting = [r for r in batch.reads if r.jpeg is not None]
         if not waiting:
             return
-        prepared = prepare_what_decodes([r.jpeg for r in waiting], self.model.image_preprocessor,
-                                        self.model.device, self.decoder)
-        if len(waiting) >= 8 and all(image is None for image in prepared):  # the decoder, not the files
-            log.warning("the device refused all %d JPEGs of a batch; decoding with PIL from now on", len(waiting))
-            self.decoder = None
+        decoded = batch.decoding.result() if batch.decoding else None
+        prepared = decoded.hand_over() if decoded else [None] * len(waiting)
         for read, image in zip(waiting, prepared):
             read.image, jpeg, read.jpeg = image, read.jpeg, None
             if image is None:
@@ -188,22 +246,10 @@ class FolderBuild:
                     read.image = self._prepare_with_pil(jpeg.data, read.state.path)
                 except ImageReadError as failure:
                     read.failure = failure.reason
-        failed = [r for r in self.pending if r.failure]
-        self.pending = [r for r in self.pending if not r.failure]
-        for read in failed:
-            self._take(read)
-
-    def commit(self) -> None:
-        """Start encoding the pending images, then store the batch started before (its images, links and
-        failures in one transaction): on a GPU the device encodes one batch while the host stores the last."""
-        self._prepare_on_device()
-        started = start_pixel_batch(self.model, [r.image for r in self.pending]) if self.pending else None
-        previous, self.in_flight = self.in_flight, _Batch(self.pending, started, self.links, self.failures)
-        self.pending, self.links, self.failures = [], [], []
-        if previous is not None:  # (if storing it fails, the batch just started is still stored on the way out)
-            self._store(previous)
-        if started is None or started.done:  # nothing to overlap (a CPU encodes within the call): store now
-            self.store_in_flight()
+        for read in batch.reads:
+            if read.failure:
+                self._fail(read, batch.failures)
+        batch.reads = [r for r in batch.reads if not r.failure]
 
     def store_in_flight(self) -> None:
         batch, self.in_flight = self.in_flight, None

@@ -37,7 +37,7 @@ JpegDecoder = Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]]  
 class DeviceJpeg:
     """A JPEG file's bytes and what its header says, for decoding on the device."""
 
-    data: bytes
+    data: bytearray  # writable, so that torch can read it in place (made by the reading thread)
     height: int  # as stored, before EXIF orientation
     width: int
     orientation: int  # EXIF orientation, 1 to 8
@@ -97,7 +97,7 @@ def device_jpeg(data: bytes) -> DeviceJpeg | None:
     height, width = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big")
     if not 0 < width * height <= MAX_IMAGE_PIXELS:
         return None
-    return DeviceJpeg(data, height, width, orientation)
+    return DeviceJpeg(bytearray(data), height, width, orientation)
 
 
 def _exif_orientation(exif: bytes) -> int | None:
@@ -189,52 +189,100 @@ def _chunks(jpegs: list[DeviceJpeg]) -> list[list[int]]:
     return groups
 
 
+@dataclass(frozen=True)
+class _Streams:
+    """A device's two decoding streams. nvJPEG writes its output from a stream of its own, which the caching
+    allocator knows nothing of: so the decoded images are allocated on `outputs`, where nothing else runs,
+    and read (oriented, resized) on `work`, each marked as used there. Their memory then comes back to the
+    next decode only once the reads queued on `work` are done, and nothing waits for the device meanwhile."""
+
+    outputs: torch.cuda.Stream
+    work: torch.cuda.Stream
+
+
 @functools.lru_cache(maxsize=8)
-def _decoding_stream(device: torch.device) -> torch.cuda.Stream:
-    return torch.cuda.Stream(device)
+def _streams(device: torch.device) -> _Streams:
+    return _Streams(torch.cuda.Stream(device), torch.cuda.Stream(device))
+
+
+@dataclass
+class DevicePrepared:
+    """Images prepared on a device, perhaps by another thread; `hand_over()`, on the thread that goes on to
+    use them, orders that thread's stream after the work that made them."""
+
+    images: list[PreparedImage | None]  # None: refused by the decoder
+    ready: torch.cuda.Event | None = None  # recorded after the last kernel that writes them (CUDA)
+
+    def hand_over(self) -> list[PreparedImage | None]:
+        if self.ready is not None:
+            arrays = [image.array for image in self.images if image is not None]
+            if arrays:
+                consumer = torch.cuda.current_stream(arrays[0].device)
+                consumer.wait_event(self.ready)
+                for array in arrays:
+                    array.record_stream(consumer)  # not reused by `work` until the consumer is done with it
+        return self.images
+
+
+def _on_work_stream(prepare: Callable[[], list], device: torch.device) -> DevicePrepared:
+    if device.type != "cuda":
+        return DevicePrepared(prepare())
+    with torch.cuda.stream(_streams(device).work):
+        images = prepare()
+        ready = torch.cuda.Event()
+        ready.record()
+    return DevicePrepared(images, ready)
 
 
 def prepare_on_device(jpegs: list[DeviceJpeg], preprocessor: ImagePreprocessor, device: torch.device,
                       decoder: JpegDecoder) -> list[PreparedImage]:
-    """Decode, orient and resize on `device`; arrays of the result stay there (uint8, as `collate` expects).
-
-    Raises whatever the decoder raises for a batch it cannot decode. On CUDA the work runs on a stream of
-    its own, which the caller's stream then waits for: nvJPEG writes its output from yet another stream,
-    so the memory it is given must not be memory that queued work (a batch still being encoded) may yet
-    read; this stream is idle before each decode, and its memory is not the encoder's."""
-    if device.type != "cuda":
-        return _prepare(jpegs, preprocessor, device, decoder, lambda: None)
-    stream, consumer = _decoding_stream(device), torch.cuda.current_stream(device)
-    with torch.cuda.stream(stream):
-        prepared = _prepare(jpegs, preprocessor, device, decoder, stream.synchronize)
-    consumer.wait_stream(stream)
-    for image in prepared:
-        image.array.record_stream(consumer)  # not reused by this stream until the consumer is done with it
-    return prepared
+    """Decode, orient and resize on `device`; arrays of the result stay there (uint8, as `collate` expects),
+    ready for the caller's stream. Raises whatever the decoder raises for a batch it cannot decode."""
+    return _on_work_stream(lambda: _prepare(jpegs, preprocessor, device, decoder), device).hand_over()
 
 
 def prepare_what_decodes(jpegs: list[DeviceJpeg], preprocessor: ImagePreprocessor, device: torch.device,
-                         decoder: JpegDecoder) -> list[PreparedImage | None]:
-    """`prepare_on_device`, with None for the images the decoder refuses: a refused batch is halved until
-    the files at fault are alone (one bad file costs about twice the batch's decoding, not the batch)."""
+                         decoder: JpegDecoder) -> DevicePrepared:
+    """`prepare_on_device`, with None for the images the decoder refuses, for `hand_over()` on the thread that
+    uses them (an index build decodes in a thread of its own)."""
+    return _on_work_stream(lambda: _what_decodes(jpegs, preprocessor, device, decoder), device)
+
+
+def _what_decodes(jpegs: list[DeviceJpeg], preprocessor: ImagePreprocessor, device: torch.device,
+                  decoder: JpegDecoder) -> list[PreparedImage | None]:
+    """A refused batch is halved until the files at fault are alone (one bad file costs about twice the
+    batch's decoding, not the batch)."""
     try:
-        return prepare_on_device(jpegs, preprocessor, device, decoder)
+        return _prepare(jpegs, preprocessor, device, decoder)
     except Exception as error:  # noqa: BLE001 - the caller decodes refused files with PIL, which says why
         if len(jpegs) == 1:
             log.info("the device refused a JPEG (%s)", error)
             return [None]
     half = len(jpegs) // 2
-    return (prepare_what_decodes(jpegs[:half], preprocessor, device, decoder)
-            + prepare_what_decodes(jpegs[half:], preprocessor, device, decoder))
+    return (_what_decodes(jpegs[:half], preprocessor, device, decoder)
+            + _what_decodes(jpegs[half:], preprocessor, device, decoder))
+
+
+def _decode(decoder: JpegDecoder, encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """The decoder's images, ready for the current (work) stream (see `_Streams`)."""
+    if device.type != "cuda":
+        return decoder(encoded, device)
+    streams = _streams(device)
+    with torch.cuda.stream(streams.outputs):
+        decoded = decoder(encoded, device)  # torchvision orders `outputs` after its own stream
+    streams.work.wait_stream(streams.outputs)
+    for pixels in decoded:
+        pixels.record_stream(streams.work)
+    return decoded
 
 
 def _prepare(jpegs: list[DeviceJpeg], preprocessor: ImagePreprocessor, device: torch.device,
-             decoder: JpegDecoder, before_decoding: Callable[[], None]) -> list[PreparedImage]:
+             decoder: JpegDecoder) -> list[PreparedImage]:
     prepared: list[PreparedImage | None] = [None] * len(jpegs)
     for positions in _chunks(jpegs):
-        before_decoding()
-        encoded = [torch.frombuffer(bytearray(jpegs[i].data), dtype=torch.uint8) for i in positions]
-        decoded = [orient(pixels, jpegs[i].orientation) for i, pixels in zip(positions, decoder(encoded, device))]
+        encoded = [torch.frombuffer(jpegs[i].data, dtype=torch.uint8) for i in positions]
+        decoded = [orient(pixels, jpegs[i].orientation)
+                   for i, pixels in zip(positions, _decode(decoder, encoded, device))]
         by_shape: dict[tuple, list[int]] = {}  # images of one shape are resized in one call
         for k, (position, pixels) in enumerate(zip(positions, decoded)):
             by_shape.setdefault(tuple(pixels.shape), []).append(k)

@@ -21,6 +21,7 @@ from ..errors import ModelLoadError
 from .allocator import keep_freed_memory
 from .preprocess import ImagePreprocessor, check_sequence_length
 from .openvino_int8 import OPENVINO_INT8, SUPPORTED_ATTENTION, quantize_openvino
+from .positions import resize_positions_once_per_grid
 from .quantize import INT8, packed_weights, quantize_int8
 from .registry import Checkpoint, find_checkpoint, unknown_id_hint
 from .text import TextTokenizer
@@ -253,6 +254,7 @@ def load_model(
     except Exception as error:
         raise ModelLoadError(f"{name_or_path}: the weights could not be loaded ({error})") from None
     model.to(torch_device).eval()
+    resize_positions_once_per_grid(model)
     if torch_device.type == "cpu":
         keep_freed_memory()
     if quantization == INT8:

@@ -149,8 +149,9 @@ class PixelBatch:
         values = standardize(pixels.view(n, length, width // 3, 3), self.rescale_factor, mean, std).view(n, length, width)
         mask = _to_device(self.pixel_attention_mask, device)
         values = torch.where(mask[..., None].bool(), values, 0.0)  # padding patches are zeros, as the processor's
-        return {"pixel_values": values.to(dtype), "pixel_attention_mask": mask,
-                "spatial_shapes": _to_device(self.spatial_shapes, device)}
+        # spatial_shapes stay on the host: transformers reads each image's row with .tolist(), which on a GPU
+        # would wait for all queued work (the batch before) once per image
+        return {"pixel_values": values.to(dtype), "pixel_attention_mask": mask, "spatial_shapes": self.spatial_shapes}
 
 
 @dataclass

@@ -1,0 +1,138 @@
+"""Where an index build's time goes on a GPU: nvJPEG's own decoding rate by batch size, whether it lets the
+interpreter run meanwhile, and builds with the main thread's time split into its stages (waiting for the
+reading threads, waiting for the decoding thread, starting the model, storing; and how busy the decoding
+thread was), for each of Python's thread switch intervals asked for. B/16, bf16, generated checkpoint.
+Needs a CUDA device and torchvision.
+    python bench/gpu_stages.py [--images 8192] [--arch fixed] [--intervals 0.005,0.001] [--per-image-positions]
+"""
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+
+sys.path.insert(0, ".")
+import torch
+
+from bench.common import checkpoint, machine, photos
+from engine import load_model
+from engine.index import build as build_module
+from engine.model.device_decode import device_decoder, device_jpeg, prepare_on_device
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--images", type=int, default=8192)
+parser.add_argument("--arch", default="fixed", choices=["fixed", "naflex"])
+parser.add_argument("--intervals", default=str(sys.getswitchinterval()), help="sys.setswitchinterval values, s")
+parser.add_argument("--repeats", type=int, default=2)
+parser.add_argument("--skip-decoding", action="store_true", help="builds only")
+parser.add_argument("--per-image-positions", action="store_true",
+                    help="NaFlex: also build with transformers' per-image position resizing")
+args = parser.parse_args()
+print("machine:", machine(), flush=True)
+paths = photos(args.images)
+model = load_model(str(checkpoint(args.arch, "base")), device="cuda", dtype="bf16")
+decoder = device_decoder(model.device, model.image_preprocessor)
+if decoder is None:
+    sys.exit("no JPEG decoding on this device (a CUDA device and torchvision are needed)")
+
+
+def decoding_figures() -> None:
+    jpegs = [device_jpeg(p.read_bytes()) for p in paths]
+    encoded = [torch.frombuffer(bytearray(j.data), dtype=torch.uint8) for j in jpegs]
+    megapixels = sum(j.height * j.width for j in jpegs) / 1e6
+    print(f"{len(jpegs)} JPEGs, {megapixels / len(jpegs):.2f} MP and {sum(len(j.data) for j in jpegs) / len(jpegs) / 1e3:.0f} kB "
+          "each on average", flush=True)
+
+    def decode_all(batch: int) -> None:
+        for start in range(0, len(encoded), batch):
+            decoder(encoded[start:start + batch], model.device)
+        torch.cuda.synchronize()
+
+    decode_all(256)
+    for batch in (64, 256, 1024):
+        start = time.perf_counter()
+        decode_all(batch)
+        seconds = time.perf_counter() - start
+        print(f"nvJPEG alone, batch {batch}: {len(encoded) / seconds:,.0f} img/s ({megapixels / seconds:,.0f} MP/s)", flush=True)
+
+    def python_steps(seconds: float) -> int:
+        count, end = 0, time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            count += 1
+        return count
+
+    idle = python_steps(1.0)
+    background = threading.Thread(target=decode_all, args=(256,))
+    background.start()
+    start = time.perf_counter()
+    busy = python_steps(1.0)
+    background.join()
+    print(f"interpreter steps per second while nvJPEG decodes in another thread: {busy / idle:.0%} of idle", flush=True)
+
+    taken = [j for j in jpegs if j is not None]
+    for batch in (256, 512):
+        prepare_on_device(taken[:batch], model.image_preprocessor, model.device, decoder)
+        start = time.perf_counter()
+        for first in range(0, len(taken), batch):
+            prepare_on_device(taken[first:first + batch], model.image_preprocessor, model.device, decoder)
+        torch.cuda.synchronize()
+        print(f"decode + orient + resize, batch {batch}: {len(taken) / (time.perf_counter() - start):,.0f} img/s", flush=True)
+
+
+if not args.skip_decoding:
+    decoding_figures()
+
+stage_seconds: dict[str, float] = defaultdict(float)
+
+
+def timed_stage(name, function):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            stage_seconds[name] += time.perf_counter() - start
+    return wrapper
+
+
+def timed_iterator(name, function):
+    def wrapper(*args, **kwargs):
+        iterator = function(*args, **kwargs)
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                stage_seconds[name] += time.perf_counter() - start
+            yield item
+    return wrapper
+
+
+build_module.ordered_parallel_map = timed_iterator("waiting for the reading threads", build_module.ordered_parallel_map)
+build_module.start_pixel_batch = timed_stage("starting the model (collate, launch)", build_module.start_pixel_batch)
+for method, name in (("_take_decoded", "waiting for the decoding thread"), ("_store", "storing (waits for vectors)"),
+                     ("_take", "taking reads"), ("_decode_on_device", "(the decoding thread busy)")):
+    setattr(build_module.FolderBuild, method, timed_stage(name, getattr(build_module.FolderBuild, method)))
+
+
+def builds(label: str) -> None:
+    for interval in map(float, args.intervals.split(",")):
+        sys.setswitchinterval(interval)
+        for _ in range(args.repeats):
+            stage_seconds.clear()
+            with tempfile.TemporaryDirectory() as index_dir:
+                summary = build_module.build_index(model, paths[0].parent, "bench", index_dir, batch_size=512)
+            stages = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stage_seconds.items())
+            print(f"build {label}, switch interval {interval * 1e3:g} ms: {summary.rate:,.0f} img/s ({summary.encoded} "
+                  f"in {summary.seconds:.2f} s); main thread: {stages}", flush=True)
+
+
+with tempfile.TemporaryDirectory() as warm_up:  # the first build after loading runs slower (not printed)
+    build_module.build_index(model, paths[0].parent, "bench", warm_up, batch_size=512)
+builds(f"B/16 {args.arch}")
+if args.per_image_positions and args.arch == "naflex":
+    del model.model.vision_model.embeddings.resize_positional_embeddings  # transformers' own, once per image
+    builds(f"B/16 {args.arch} with transformers' per-image position resizing")
