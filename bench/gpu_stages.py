@@ -4,6 +4,7 @@ reading threads, waiting for the decoding thread, starting the model, storing; a
 thread was), for each of Python's thread switch intervals asked for. B/16, bf16, generated checkpoint.
 Needs a CUDA device and torchvision.
     python bench/gpu_stages.py [--images 8192] [--arch fixed] [--intervals 0.005,0.001] [--per-image-positions]
+                               [--check] [--profile FOLDER]
 """
 import argparse
 import sys
@@ -28,6 +29,12 @@ parser.add_argument("--repeats", type=int, default=2)
 parser.add_argument("--skip-decoding", action="store_true", help="builds only")
 parser.add_argument("--per-image-positions", action="store_true",
                     help="NaFlex: also build with transformers' per-image position resizing")
+parser.add_argument("--check", action="store_true",
+                    help="compare a build's vectors with the same files decoded and encoded one batch at a time, "
+                         "the device idle in between (a race between decoding and encoding would show)")
+parser.add_argument("--profile", metavar="FOLDER",
+                    help="then one build under torch.profiler: a Chrome trace (.json.gz, every thread's torch calls "
+                         "and the GPU's kernels) and the top operations by host and device time, into FOLDER")
 args = parser.parse_args()
 print("machine:", machine(), flush=True)
 paths = photos(args.images)
@@ -38,8 +45,8 @@ if decoder is None:
 
 
 def decoding_figures() -> None:
-    jpegs = [device_jpeg(p.read_bytes()) for p in paths]
-    encoded = [torch.frombuffer(bytearray(j.data), dtype=torch.uint8) for j in jpegs]
+    jpegs = [j for j in (device_jpeg(p.read_bytes()) for p in paths) if j is not None]
+    encoded = [torch.frombuffer(j.data, dtype=torch.uint8) for j in jpegs]
     megapixels = sum(j.height * j.width for j in jpegs) / 1e6
     print(f"{len(jpegs)} JPEGs, {megapixels / len(jpegs):.2f} MP and {sum(len(j.data) for j in jpegs) / len(jpegs) / 1e3:.0f} kB "
           "each on average", flush=True)
@@ -70,7 +77,7 @@ def decoding_figures() -> None:
     background.join()
     print(f"interpreter steps per second while nvJPEG decodes in another thread: {busy / idle:.0%} of idle", flush=True)
 
-    taken = [j for j in jpegs if j is not None]
+    taken = jpegs
     for batch in (256, 512):
         prepare_on_device(taken[:batch], model.image_preprocessor, model.device, decoder)
         start = time.perf_counter()
@@ -133,6 +140,45 @@ def builds(label: str) -> None:
 with tempfile.TemporaryDirectory() as warm_up:  # the first build after loading runs slower (not printed)
     build_module.build_index(model, paths[0].parent, "bench", warm_up, batch_size=512)
 builds(f"B/16 {args.arch}")
+if args.check:
+    import numpy as np
+
+    from engine.index.store import ImageIndex
+    from engine.model.encode import embed_pixel_batch
+
+    alone = {}
+    for first in range(0, len(paths), 512):
+        chunk = paths[first:first + 512]
+        jpegs = [device_jpeg(p.read_bytes()) for p in chunk]
+        assert all(jpegs), "every bench photo is a JPEG the device takes"
+        prepared = prepare_on_device(jpegs, model.image_preprocessor, model.device, decoder)
+        torch.cuda.synchronize()
+        alone.update(zip(map(str, chunk), embed_pixel_batch(model, prepared)))
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as index_dir:
+        build_module.build_index(model, paths[0].parent, "bench", index_dir, batch_size=512)
+        with ImageIndex.open("bench", index_dir) as index:
+            files = index.catalog.all_files()
+            built = index.catalog.embeddings_for([files[str(p)].image_id for p in paths], model.embed_dim)
+    cosines = np.einsum("nd,nd->n", built, np.stack([alone[str(p)] for p in paths]))
+    print(f"check: the build's vectors against one batch at a time: cosine min {cosines.min():.6f}, "
+          f"median {np.median(cosines):.6f}, {int((cosines < 0.999).sum())} of {len(cosines)} under 0.999", flush=True)
+if args.profile:
+    from pathlib import Path
+
+    from torch.profiler import ProfilerActivity, profile
+
+    folder = Path(args.profile)
+    folder.mkdir(parents=True, exist_ok=True)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiled, \
+            tempfile.TemporaryDirectory() as index_dir:
+        summary = build_module.build_index(model, paths[0].parent, "bench", index_dir, batch_size=512)
+    print(f"profiled build: {summary.rate:,.0f} img/s", flush=True)
+    profiled.export_chrome_trace(str(folder / f"build-{args.arch}.json.gz"))
+    for key in ("self_cpu_time_total", "self_device_time_total"):
+        table = profiled.key_averages().table(sort_by=key, row_limit=25)
+        (folder / f"build-{args.arch}-{key}.txt").write_text(table)
+        print(table, flush=True)
 if args.per_image_positions and args.arch == "naflex":
     del model.model.vision_model.embeddings.resize_positional_embeddings  # transformers' own, once per image
     builds(f"B/16 {args.arch} with transformers' per-image position resizing")

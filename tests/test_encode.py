@@ -108,6 +108,8 @@ def test_naflex_positions_are_resized_once_per_grid_with_transformers_values(naf
     ours = positions.resize_once_per_grid(learned, shapes, length)
     theirs = type(embeddings).resize_positional_embeddings(learned, shapes, length)
     assert ours.shape == (6, length, learned.shape[-1]) and torch.equal(ours, theirs)
+    none = torch.zeros((0, 2), dtype=torch.long)
+    assert positions.resize_once_per_grid(learned, none, length).shape == (0, length, learned.shape[-1])
 
     calls = []
     monkeypatch.setattr(positions, "F", type("Counting", (), {"interpolate": staticmethod(

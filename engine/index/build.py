@@ -18,6 +18,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..errors import ImageReadError, IndexStoreError
 from ..faults import crash_point
 from ..model.device_decode import (DeviceJpeg, DevicePrepared, JpegDecoder, device_decoder, device_jpeg,
@@ -75,7 +77,7 @@ class _Read:
     state: FileState
     sha256: str | None = None
     image: PreparedImage | None = None
-    jpeg: DeviceJpeg | None = None  # to be decoded on the device, at commit
+    jpeg: DeviceJpeg | None = None  # to be decoded on the device, by the decoding thread
     known_id: int | None = None
     failure: str | None = None
 
@@ -92,9 +94,10 @@ class FolderBuild:
         self.failures: list[tuple[str, str, int, int]] = []
         # On a GPU three batches are under way at once: one decoded in a thread of its own, the one before
         # encoded by the device, and the one before that stored by this thread.
-        self.decoding: _Batch | None = None
+        self.being_decoded: _Batch | None = None
         self.in_flight: _Batch | None = None
-        self.decode_thread: ThreadPoolExecutor | None = None
+        self.decode_pool: ThreadPoolExecutor | None = None  # the one decoding thread
+        self.decode_device = model.device
         self.last_save = time.monotonic()
 
     def plan(self) -> list[FileState]:
@@ -145,7 +148,9 @@ class FolderBuild:
         # 2,467 with 4, 2,212 and 2,396 with 8); more contend for the interpreter.
         workers = workers or (2 if self.decoder else None)
         if self.decoder:
-            self.decode_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device-decode")
+            self.decode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device-decode")
+            if self.decode_device.type == "cuda" and self.decode_device.index is None:  # a new thread's current
+                self.decode_device = torch.device("cuda", torch.cuda.current_device())  # device is the first one
         try:
             # decoding runs on while a batch is encoded: two batches ahead (a GPU's batches are large); files
             # for the device wait as whole JPEGs, so one batch ahead (and one in the decoding thread): about
@@ -166,8 +171,8 @@ class FolderBuild:
                 log.exception("could not store the batch in flight after the build stopped")
             raise
         finally:
-            if self.decode_thread:
-                self.decode_thread.shutdown(wait=True)  # no decoding left running on the device after the build
+            if self.decode_pool:  # no decoding left running on the device after the build, none started
+                self.decode_pool.shutdown(wait=True, cancel_futures=True)
             reader.close()
 
     def _take(self, item: _Read) -> None:
@@ -196,17 +201,17 @@ class FolderBuild:
         self.pending, self.links, self.failures = [], [], []
         jpegs = [r.jpeg for r in batch.reads if r.jpeg is not None]
         if jpegs and self.decoder:
-            batch.decoding = self.decode_thread.submit(self._decode_on_device, jpegs)
-        earlier, self.decoding = self.decoding, batch
+            batch.decoding = self.decode_pool.submit(self._decode_on_device, jpegs)
+        earlier, self.being_decoded = self.being_decoded, batch
         if earlier is not None:
             self._encode(earlier)
         if batch.decoding is None:  # nothing to wait for (a CPU, or no JPEGs for the device): on at once
-            self.decoding = None
+            self.being_decoded = None
             self._encode(batch)
 
     def drain(self) -> None:
         """Encode and store what is still under way (the end of a build)."""
-        batch, self.decoding = self.decoding, None
+        batch, self.being_decoded = self.being_decoded, None
         if batch is not None:
             self._encode(batch)
         self.store_in_flight()
@@ -225,7 +230,7 @@ class FolderBuild:
         decoder = self.decoder
         if decoder is None:
             return None
-        prepared = prepare_what_decodes(jpegs, self.model.image_preprocessor, self.model.device, decoder)
+        prepared = prepare_what_decodes(jpegs, self.model.image_preprocessor, self.decode_device, decoder)
         if len(jpegs) >= 8 and all(image is None for image in prepared.images):  # the decoder, not the files
             log.warning("the device refused all %d JPEGs of a batch; decoding with PIL from now on", len(jpegs))
             self.decoder = None

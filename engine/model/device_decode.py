@@ -11,6 +11,7 @@ passes, within two levels of PIL's result and mostly equal to it (tests/test_dev
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
@@ -27,7 +28,9 @@ log = logging.getLogger(__name__)
 
 DEVICE_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL filter number -> torch's antialiased equivalent
 # Full-size decoded pixels per decode call: 128 MP is 384 MB of uint8 RGB, and about 2.3 GB of device memory
-# at the peak (the decoded images, a group stacked, and its float copy for resizing).
+# while it is resized (the decoded images, a group stacked, and its float copy). Nothing on the host waits for
+# the resizing, so several calls' images can be held at once: in an index build at most about three batches'
+# (it waits for the vectors of the batch two before), some 1.5 GB each for 512 camera photos.
 MAX_DECODED_PIXELS = 128_000_000
 
 JpegDecoder = Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]]  # bytes -> (3, H, W) uint8 each
@@ -167,8 +170,10 @@ def device_decoder(device: torch.device, preprocessor: ImagePreprocessor) -> Jpe
         return None
     sample = io.BytesIO()
     Image.new("RGB", (16, 8), (200, 30, 90)).save(sample, "JPEG")
+    encoded = [torch.frombuffer(bytearray(sample.getvalue()), dtype=torch.uint8)]
     try:
-        (pixels,) = decoder([torch.frombuffer(bytearray(sample.getvalue()), dtype=torch.uint8)], device)
+        with _outputs_stream(device):  # (not on the caller's stream: see _Streams)
+            (pixels,) = decoder(encoded, device)
         if tuple(pixels.shape) != (3, 8, 16):
             raise ValueError(f"decoded to shape {tuple(pixels.shape)}")
     except Exception as error:  # noqa: BLE001 - any failure here means: decode with PIL
@@ -191,10 +196,13 @@ def _chunks(jpegs: list[DeviceJpeg]) -> list[list[int]]:
 
 @dataclass(frozen=True)
 class _Streams:
-    """A device's two decoding streams. nvJPEG writes its output from a stream of its own, which the caching
-    allocator knows nothing of: so the decoded images are allocated on `outputs`, where nothing else runs,
-    and read (oriented, resized) on `work`, each marked as used there. Their memory then comes back to the
-    next decode only once the reads queued on `work` are done, and nothing waits for the device meanwhile."""
+    """A device's two decoding streams. torchvision allocates nvJPEG's output on the caller's current stream,
+    and nvJPEG writes it from a stream of torchvision's own, which the caching allocator knows nothing of:
+    on the encoder's stream that memory could be a block freed while queued kernels still read it. So the
+    decoded images are allocated on `outputs`, where nothing else runs, and read (oriented, resized) on
+    `work`, each marked as used there: their memory comes back to a later decode only once those reads are
+    done. nvJPEG's writes are finished when a decode call returns (torchvision waits for its stream at the
+    start and end of each call: the host waits for nvJPEG), and no one waits for `work` or the encoder."""
 
     outputs: torch.cuda.Stream
     work: torch.cuda.Stream
@@ -203,6 +211,11 @@ class _Streams:
 @functools.lru_cache(maxsize=8)
 def _streams(device: torch.device) -> _Streams:
     return _Streams(torch.cuda.Stream(device), torch.cuda.Stream(device))
+
+
+def _outputs_stream(device: torch.device):
+    """The context that allocates the decoder's outputs on `_Streams.outputs` (none without CUDA: tests)."""
+    return torch.cuda.stream(_streams(device).outputs) if torch.cuda.is_available() else contextlib.nullcontext()
 
 
 @dataclass
@@ -269,8 +282,8 @@ def _decode(decoder: JpegDecoder, encoded: list[torch.Tensor], device: torch.dev
         return decoder(encoded, device)
     streams = _streams(device)
     with torch.cuda.stream(streams.outputs):
-        decoded = decoder(encoded, device)  # torchvision orders `outputs` after its own stream
-    streams.work.wait_stream(streams.outputs)
+        decoded = decoder(encoded, device)
+    streams.work.wait_stream(streams.outputs)  # (nothing runs there: kept in case a decoder queues work on it)
     for pixels in decoded:
         pixels.record_stream(streams.work)
     return decoded

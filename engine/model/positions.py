@@ -9,6 +9,8 @@ are stacked.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -32,12 +34,17 @@ def resize_once_per_grid(positional_embeddings: torch.Tensor, spatial_shapes: to
             padding = resized[:1].expand(max_length - height * width, embed_dim)
             padded[(height, width)] = torch.cat([resized, padding])
         rows.append(padded[(height, width)])
-    return torch.stack(rows)
+    return torch.stack(rows) if rows else grid.new_empty((0, max_length, embed_dim), dtype=dtype)
 
 
 def resize_positions_once_per_grid(model: torch.nn.Module) -> None:
     """Make a loaded SigLIP 2 NaFlex model use `resize_once_per_grid` (fixed-resolution models are left)."""
     vision = getattr(model, "vision_model", None)
     embeddings = getattr(vision, "embeddings", None)
-    if hasattr(type(embeddings), "resize_positional_embeddings"):
+    theirs = getattr(type(embeddings), "resize_positional_embeddings", None)
+    if theirs is not None and _parameters(theirs) == _parameters(resize_once_per_grid):  # a changed call: leave it
         embeddings.resize_positional_embeddings = resize_once_per_grid  # shadows transformers' staticmethod
+
+
+def _parameters(function) -> list[str]:
+    return list(inspect.signature(function).parameters)
