@@ -223,7 +223,7 @@ def _build_many(studio: Studio) -> None:
         with gr.Column():
             table = gr.Dataframe(headers=["image", "labels", "top probabilities"], interactive=True,
                                  label="Results (edit the labels column, then export again)", wrap=True,
-                                 column_widths=["24%", "22%", "54%"])
+                                 column_widths=["38%", "20%", "42%"], elem_id="batch-table")
             export_again = gr.Button("Export the edited labels")
             exports = gr.File(label="Exports: CSV, JSONL, ImageFolder (zip)", file_count="multiple",
                               elem_id="batch-exports")

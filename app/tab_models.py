@@ -90,7 +90,8 @@ def build(studio: Studio, banner_box: gr.Markdown) -> None:
         with gr.Column(scale=3):
             summary = gr.Markdown(model_summary(studio), elem_id="model-summary")
     gr.Dataframe(paper_table(), headers=["checkpoint", "model", "INet 0-shot", "COCO T→I", "COCO I→T"],
-                 label="The 17 released checkpoints (numbers from the SigLIP 2 paper)", interactive=False)
+                 label="The 17 released checkpoints (numbers from the SigLIP 2 paper)", interactive=False,
+                 wrap=True, column_widths=["40%", "18%", "14%", "14%", "14%"], elem_id="paper-table")
 
     # a failed load leaves the loaded model's summary and the banner as they were, and says why beside the button
     @shown_in_place("keep", "keep", "notes")

@@ -18,9 +18,15 @@ from .common import (MODEL_QUEUE, SERVE, ImageInput, gpu, index_dropdown, progre
 from .studio import Studio
 
 
+CAPTION_NAME = 48  # characters of a file name in a result's caption (the selection note gives it whole)
+
+
 def hit_caption(hit) -> str:
-    """Two short lines: the file's name; its cosine and probability."""
-    return f"{Path(hit.path).name}\ncos {hit.score:.3f} · p {hit.probability:.3f}"
+    """Two short lines: the file's name (a long one cut in the middle, keeping its end); cosine, probability."""
+    name = Path(hit.path).name
+    if len(name) > CAPTION_NAME:
+        name = name[: CAPTION_NAME // 2 - 1] + "…" + name[-(CAPTION_NAME // 2):]
+    return f"{name}\ncos {hit.score:.3f} · p {hit.probability:.3f}"
 
 
 def _gallery(result) -> tuple[list[tuple], list[tuple[int, str]]]:

@@ -14,8 +14,10 @@ CSS = """
   max-width: 100%; text-align: left; }
 #explore-card { overflow-wrap: anywhere; }
 /* narrow windows: a table's words wrap whole (a header read "probabilit y"); long file names may still break */
-#label-notes th, #label-notes td { word-break: normal; overflow-wrap: normal; hyphens: none; }
+#label-notes th, #label-notes td, #batch-table th { word-break: normal; overflow-wrap: normal; hyphens: none; }
 #label-notes td:first-child { overflow-wrap: anywhere; }
+/* as many result columns as fit 150 px each (four in a narrow window were cut off at the right) */
+#search-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)) !important; }
 """
 INTRO = ("# SigLIP 2 Studio\nZero-shot labelling, multilingual image search, an embedding explorer and a look "
          "inside Google's SigLIP 2 encoders. Probabilities are SigLIP's sigmoid scores: independent per label.")

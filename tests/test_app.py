@@ -324,3 +324,18 @@ def test_a_new_visitor_does_not_describe_every_component(tmp_path):
     assert list(session.config_values) == [textbox._id]
     described = {config["id"] for config in session.components}
     assert described == set(demo.blocks) and len(described) > 100
+
+
+def test_a_long_file_name_is_cut_in_the_middle_of_its_caption():
+    """Result captions keep a file name's end (what tells photos of one day apart, and the extension); the
+    selection note below the gallery gives the whole name."""
+    from app.tab_search import CAPTION_NAME, hit_caption
+    from engine.index.search import SearchHit
+
+    long = "/photos/2024-07-13 Family holiday in Brittany, day 3 (IMG_4022) coffee.jpg"
+    name_line, scores = hit_caption(SearchHit(long, [long], 0.1234, 0.0004, 7, 640, 480)).split("\n")
+    assert len(name_line) == CAPTION_NAME and "…" in name_line
+    assert name_line.startswith("2024-07-13 Family holi") and name_line.endswith("(IMG_4022) coffee.jpg")
+    assert scores == "cos 0.123 · p 0.000"
+    short = "/photos/cat.jpg"
+    assert hit_caption(SearchHit(short, [short], 0.5, 0.2, 1, 64, 64)).startswith("cat.jpg\n")

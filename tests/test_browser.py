@@ -3,6 +3,7 @@ labels an example image, builds an index, runs a search, clicks a point on the m
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,27 @@ from apphost import CHROMIUM, SHOTS, AppProcess, open_app_page
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")]
+
+
+@contextlib.contextmanager
+def narrow(page, width: int = 800):
+    """The page in a narrow window for a while (a laptop's half screen)."""
+    size = page.viewport_size
+    page.set_viewport_size({"width": width, "height": size["height"]})
+    page.wait_for_timeout(300)  # the layout settles
+    try:
+        yield
+    finally:
+        page.set_viewport_size(size)
+
+
+def fits_its_box(page, selector: str) -> bool:
+    """Nothing in `selector` reaches out of its box sideways: neither it nor any box in it that scrolls or
+    clips sideways is wider inside than out (cut off, or only seen by scrolling)."""
+    return page.locator(selector).first.evaluate("""e => [e, ...e.querySelectorAll('*')]
+        .filter(x => x === e || ['auto', 'scroll', 'hidden', 'clip'].includes(getComputedStyle(x).overflowX))
+        .filter(x => x.checkVisibility({visibilityProperty: true}))  // not the table's hidden measuring row
+        .every(x => x.scrollWidth <= x.clientWidth + 1 || x.clientWidth === 0)""")
 
 
 def test_label_and_search_in_a_browser(browser, tmp_path):
@@ -69,6 +91,9 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         assert page.locator("#search-gallery img").count() >= 1
         page.locator("#search-notes").get_by_text("result(s)", exact=False).wait_for(timeout=30_000)
         page.screenshot(path=str(SHOTS / "search.png"), full_page=True)
+        with narrow(page):  # results as many to a row as fit (four were cut off at the right)
+            assert fits_its_box(page, "#search-gallery .grid-container")
+            page.screenshot(path=str(SHOTS / "search-800px.png"), full_page=True)
 
         # Search by an example image (an upload)
         page.locator("#search-example input[type=file]").set_input_files(str(examples / "cat.jpg"))
@@ -164,6 +189,8 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         page.get_by_role("tab", name="Models").click()
         page.locator("#model-summary").get_by_text("Untrained test model", exact=False).first.wait_for(timeout=30_000)
         page.screenshot(path=str(SHOTS / "models.png"), full_page=True)
+        with narrow(page):  # all five columns of the paper's table, none cut off
+            assert fits_its_box(page, "#paper-table")
     finally:
         page.close()
         app.stop()

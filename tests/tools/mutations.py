@@ -253,6 +253,13 @@ MUTATIONS = [
              ("tests/test_device_decode.py",)),
     Mutation("NaFlex: position grids resized once per image again (transformers' loop)", "engine/model/loading.py",
              "    resize_positions_once_per_grid(model)\n", "", ("tests/test_encode.py",)),
+    Mutation("search: four result columns however narrow the window", "app/ui.py",
+             "#search-gallery .grid-container { grid-template-columns", "#search-gallery .unused { grid-template-columns",
+             ("tests/test_browser.py",)),
+    Mutation("models: the paper's table as wide as its ids (cut off in a narrow window)", "app/tab_models.py",
+             'wrap=True, column_widths=["40%", "18%", "14%", "14%", "14%"], ', "", ("tests/test_browser.py",)),
+    Mutation("search: a long file name's caption whole (cut at the top of its thumbnail)", "app/tab_search.py",
+             "    if len(name) > CAPTION_NAME:", "    if False:", ("tests/test_app.py",)),
 ]
 
 
