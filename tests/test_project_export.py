@@ -141,3 +141,17 @@ def test_repeated_names_are_told_apart_as_the_imagefolder_export_does():
 
     assert unique_names(["cat.jpg", "dog.png", "cat.jpg", "cat_1.jpg", "cat.jpg", "a/b.jpg", "a/b.jpg"]) == [
         "cat.jpg", "dog.png", "cat_1.jpg", "cat_1_1.jpg", "cat_2.jpg", "a/b.jpg", "a/b_1.jpg"]
+
+
+def test_the_map_layout_says_nothing_in_the_log():
+    """A seeded UMAP runs on one thread; asked for more, it warns in the log at every map drawn."""
+    import warnings
+
+    from engine.explore.map import _umap_layout
+
+    vectors = np.random.default_rng(0).normal(size=(80, 16)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        coords = _umap_layout(vectors, seed=0)
+    assert coords.shape == (80, 2)
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []

@@ -84,7 +84,8 @@ def _layout(vectors: np.ndarray, seed: int, quick: bool = False) -> tuple[np.nda
 def _umap_layout(vectors: np.ndarray, seed: int) -> np.ndarray:
     import umap
 
-    reducer = umap.UMAP(n_neighbors=min(15, len(vectors) - 1), metric="cosine", random_state=seed,
+    # n_jobs=1: a seed makes UMAP run on one thread whatever it is told (and warn in the log when told more)
+    reducer = umap.UMAP(n_neighbors=min(15, len(vectors) - 1), metric="cosine", random_state=seed, n_jobs=1,
                         init="spectral" if len(vectors) > 50 else "random")
     return reducer.fit_transform(vectors).astype(np.float32)
 

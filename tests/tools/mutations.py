@@ -260,6 +260,8 @@ MUTATIONS = [
              'wrap=True, column_widths=["40%", "18%", "14%", "14%", "14%"], ', "", ("tests/test_browser.py",)),
     Mutation("search: a long file name's caption whole (cut at the top of its thumbnail)", "app/tab_search.py",
              "    if len(name) > CAPTION_NAME:", "    if False:", ("tests/test_app.py",)),
+    Mutation("map: UMAP's n_jobs warning in the log at every map drawn", "engine/explore/map.py",
+             "random_state=seed, n_jobs=1,", "random_state=seed,", ("tests/test_project_export.py",)),
 ]
 
 
