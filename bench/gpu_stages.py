@@ -16,7 +16,8 @@ from collections import defaultdict
 sys.path.insert(0, ".")
 import torch
 
-from bench.common import checkpoint, machine, photos
+from bench.common import checkpoint, machine, photos, timed
+from bench.encode import device_decode_rate
 from engine import load_model
 from engine.index import build as build_module
 from engine.model.device_decode import device_decoder, device_jpeg, prepare_on_device
@@ -58,9 +59,7 @@ def decoding_figures() -> None:
 
     decode_all(256)
     for batch in (64, 256, 1024):
-        start = time.perf_counter()
-        decode_all(batch)
-        seconds = time.perf_counter() - start
+        seconds, _ = timed(decode_all, batch)
         print(f"nvJPEG alone, batch {batch}: {len(encoded) / seconds:,.0f} img/s ({megapixels / seconds:,.0f} MP/s)", flush=True)
 
     def python_steps(seconds: float) -> int:
@@ -72,20 +71,12 @@ def decoding_figures() -> None:
     idle = python_steps(1.0)
     background = threading.Thread(target=decode_all, args=(256,))
     background.start()
-    start = time.perf_counter()
     busy = python_steps(1.0)
     background.join()
     print(f"interpreter steps per second while nvJPEG decodes in another thread: {busy / idle:.0%} of idle", flush=True)
 
-    taken = jpegs
-    for batch in (256, 512):
-        prepare_on_device(taken[:batch], model.image_preprocessor, model.device, decoder)
-        start = time.perf_counter()
-        for first in range(0, len(taken), batch):
-            prepare_on_device(taken[first:first + batch], model.image_preprocessor, model.device, decoder)
-        torch.cuda.synchronize()
-        print(f"decode + orient + resize, batch {batch}: {len(taken) / (time.perf_counter() - start):,.0f} img/s", flush=True)
-
+    for batch in (256, 512):  # the engine's decode, orient and resize
+        print(device_decode_rate(model, paths, decoder, batch, torch.cuda.synchronize), flush=True)
 
 if not args.skip_decoding:
     decoding_figures()

@@ -213,9 +213,13 @@ def _streams(device: torch.device) -> _Streams:
     return _Streams(torch.cuda.Stream(device), torch.cuda.Stream(device))
 
 
+def _on_cuda(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_available()  # (tests stand a decoder in for "cuda" on a CPU)
+
+
 def _outputs_stream(device: torch.device):
-    """The context that allocates the decoder's outputs on `_Streams.outputs` (none without CUDA: tests)."""
-    return torch.cuda.stream(_streams(device).outputs) if torch.cuda.is_available() else contextlib.nullcontext()
+    """The context that allocates the decoder's outputs on `_Streams.outputs` (none off CUDA)."""
+    return torch.cuda.stream(_streams(device).outputs) if _on_cuda(device) else contextlib.nullcontext()
 
 
 @dataclass
@@ -238,7 +242,7 @@ class DevicePrepared:
 
 
 def _on_work_stream(prepare: Callable[[], list], device: torch.device) -> DevicePrepared:
-    if device.type != "cuda":
+    if not _on_cuda(device):
         return DevicePrepared(prepare())
     with torch.cuda.stream(_streams(device).work):
         images = prepare()
@@ -278,14 +282,13 @@ def _what_decodes(jpegs: list[DeviceJpeg], preprocessor: ImagePreprocessor, devi
 
 def _decode(decoder: JpegDecoder, encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """The decoder's images, ready for the current (work) stream (see `_Streams`)."""
-    if device.type != "cuda":
-        return decoder(encoded, device)
-    streams = _streams(device)
-    with torch.cuda.stream(streams.outputs):
+    with _outputs_stream(device):
         decoded = decoder(encoded, device)
-    streams.work.wait_stream(streams.outputs)  # (nothing runs there: kept in case a decoder queues work on it)
-    for pixels in decoded:
-        pixels.record_stream(streams.work)
+    if _on_cuda(device):
+        streams = _streams(device)
+        streams.work.wait_stream(streams.outputs)  # (nothing runs there: in case a decoder queues work on it)
+        for pixels in decoded:
+            pixels.record_stream(streams.work)
     return decoded
 
 
