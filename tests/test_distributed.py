@@ -69,6 +69,8 @@ def test_killed_ray_build_resumes_without_encoding_again(naflex_model, naflex_di
     env = {**os.environ, "STUDIO_CRASH_AT": "ray-shard:3"}  # SIGKILL right after the third shard is written
     crashed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    for noise in ("\tINFO ", "DeprecationWarning", "Token authentication", "Progress bars disabled"):
+        assert noise not in crashed.stderr, crashed.stderr[-2000:]  # Ray's own chatter stays in its log files
     shards = sorted((index_dir / "big" / SHARDS).glob("*.parquet"))
     assert len(shards) == 3
     with ImageIndex.open("big", index_dir) as index:
@@ -77,6 +79,21 @@ def test_killed_ray_build_resumes_without_encoding_again(naflex_model, naflex_di
     assert resumed.encoded == 24 - 12  # the 12 images in the written shards are not encoded again
     assert (resumed.stored, resumed.images, resumed.shards_ingested) == (24, 24, 3 + 3)
     assert_consistent("big", index_dir)
+
+
+def test_reading_is_a_step_apart_from_the_encoders(naflex_model, capsys):
+    """Ray fuses a task step into the actor step after it: decoding would then run in the encoders' processes."""
+    from engine.index.distributed import pipeline
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        rows = [{"path": f"{i}.jpg", "size": 1, "mtime_ns": 0} for i in range(40)]
+        pipeline(naflex_model, rows, batch_size=8, encoders=1, cpus_per_encoder=1).explain()
+    finally:
+        ray.shutdown()
+    physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+    assert "ActorPoolMapOperator[MapBatches(Reader)]" in physical, physical
+    assert "ActorPoolMapOperator[MapBatches(Encoder)]" in physical, physical
 
 
 def _hand_written_shard(path, model, files, fingerprint_text=FINGERPRINT_TEXT, vectors=None):

@@ -1,14 +1,15 @@
 """Building an index on Ray Data, for folders one machine encodes too slowly.
 
-files to do → read, hash, decode and preprocess (CPU tasks) → encode (an actor pool, one model per actor, GPU
-or CPU) → Parquet shards (engine.index.shards) → ingest into the index. Without an address Ray starts on this
-machine's cores; with one it joins a running cluster (`ray start --head` on a node). Incremental and resumable
-like the local build: files already stored are not encoded again, files already in a written shard are not
-encoded again, and a killed run picks up from its shards.
+files to do → read, hash, decode and preprocess (an actor pool on CPUs) → encode (an actor pool, one model per
+actor, GPU or CPU) → Parquet shards (engine.index.shards) → ingest into the index. Without an address Ray starts
+on this machine's cores; with one it joins a running cluster (`ray start --head` on a node). Incremental and
+resumable like the local build: files already stored are not encoded again, files already in a written shard are
+not encoded again, and a killed run picks up from its shards.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import time
@@ -78,6 +79,16 @@ def read_and_prepare(batch: dict, preprocessor: ImagePreprocessor, reduced: bool
     return {**batch, **{key: np.array(values, dtype=object) for key, values in out.items()}}
 
 
+class Reader:
+    """A Ray actor that reads files and prepares their pixels (`read_and_prepare`)."""
+
+    def __init__(self, preprocessor: ImagePreprocessor, reduced: bool):
+        self.preprocessor, self.reduced = preprocessor, reduced
+
+    def __call__(self, batch: dict) -> dict:
+        return read_and_prepare(batch, self.preprocessor, self.reduced)
+
+
 class Encoder:
     """A Ray actor holding one copy of the model; turns prepared pixels into (n, dim) embeddings."""
 
@@ -99,42 +110,79 @@ class Encoder:
         return {**kept, "vector": vectors}
 
 
+class _RayNotices(logging.Filter):
+    """Keeps off the console two notices about choices this module makes on purpose (Ray's log files keep them)."""
+
+    HIDDEN = ("Token authentication is enabled", "Progress bars disabled")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.HIDDEN)
+
+
+def _quiet_ray_console() -> None:
+    """Ray's INFO lines off the console (its log files keep them); its warnings and errors stay."""
+    import ray.data  # noqa: F401  (sets up the ray.data logger's handlers, replacing earlier ones)
+
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.setLevel(max(handler.level, logging.WARNING))
+                if not any(isinstance(f, _RayNotices) for f in handler.filters):
+                    handler.addFilter(_RayNotices())
+
+
 def _start_ray(address: str | None, num_cpus: int | None) -> bool:
     """Connect to a cluster or start Ray here; False when the caller had started it already."""
     import ray
 
     if ray.is_initialized():
         return False
+    _quiet_ray_console()
     if address:  # a cluster: ship this engine to its workers
         ray.init(address=address, runtime_env={"py_modules": [str(PROJECT_ROOT / "engine")]},
-                 log_to_driver=False)
+                 log_to_driver=False, logging_level=logging.WARNING)
     else:
         path = os.pathsep.join(x for x in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if x)
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING,
                  runtime_env={"env_vars": {"PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}})
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    _quiet_ray_console()
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the caller's progress callback reports
     return True
+
+
+def reading_actors(on_gpu: bool, encoders: int, cpus_per_encoder: int) -> int:
+    """How many reading actors the cluster's CPUs leave room for beside the encoders (at least one)."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, cpus - (0 if on_gpu else encoders * cpus_per_encoder))
+
+
+def pipeline(model: LoadedModel, rows: list[dict], batch_size: int, encoders: int, cpus_per_encoder: int):
+    """The Ray Data dataset that reads `rows` (path, size, mtime_ns) and encodes them; Ray must be running."""
+    import ray
+
+    on_gpu = model.device.type == "cuda"
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 16, 512)))
+    # readers in an actor pool of their own: Ray fuses a task step into the actor step after it, which would
+    # leave decoding to the encoders' processes; an actor step is never fused into another
+    readers = ray.data.ActorPoolStrategy(min_size=1, max_size=reading_actors(on_gpu, encoders, cpus_per_encoder))
+    dataset = dataset.map_batches(Reader, batch_size=16, batch_format="numpy", compute=readers, num_cpus=1,
+                                  fn_constructor_kwargs={"preprocessor": model.image_preprocessor,
+                                                         "reduced": decode_target(model) is not None})
+    return dataset.map_batches(Encoder, batch_size=batch_size, batch_format="numpy",
+                               compute=ray.data.ActorPoolStrategy(size=encoders),
+                               num_gpus=1 if on_gpu else 0, num_cpus=0 if on_gpu else cpus_per_encoder,
+                               fn_constructor_kwargs={"spec": ModelSpec.of(model), "threads": cpus_per_encoder})
 
 
 def _encode_on_ray(model: LoadedModel, todo: list, shards_dir: Path, shard_size: int, batch_size: int,
                    encoders: int, cpus_per_encoder: int, progress: ProgressCallback | None) -> tuple[int, int]:
     """Run the pipeline over `todo` (FileStates) and write its output as shards: (shards written, images
     encoded)."""
-    import ray
-
     rows = [{"path": s.path, "size": s.size, "mtime_ns": s.mtime_ns} for s in todo]
-    on_gpu = model.device.type == "cuda"
-    dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 16, 512)))
-    # ray_remote_args_fn keeps Ray from fusing decoding into the encoder actors: decoding stays in CPU tasks
-    # that scale on their own, while each actor only runs its model
-    dataset = dataset.map_batches(read_and_prepare, batch_size=16, batch_format="numpy",
-                                  ray_remote_args_fn=lambda: {"num_cpus": 1},
-                                  fn_kwargs={"preprocessor": model.image_preprocessor,
-                                             "reduced": decode_target(model) is not None})
-    dataset = dataset.map_batches(Encoder, batch_size=batch_size, batch_format="numpy",
-                                  compute=ray.data.ActorPoolStrategy(size=encoders),
-                                  num_gpus=1 if on_gpu else 0, num_cpus=0 if on_gpu else cpus_per_encoder,
-                                  fn_constructor_kwargs={"spec": ModelSpec.of(model), "threads": cpus_per_encoder})
+    dataset = pipeline(model, rows, batch_size, encoders, cpus_per_encoder)
     run, written, done, encoded = uuid.uuid4().hex[:8], 0, 0, 0
     fingerprint = model_fingerprint(model)
     for batch in dataset.iter_batches(batch_size=shard_size, batch_format="numpy"):

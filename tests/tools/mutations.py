@@ -90,6 +90,18 @@ MUTATIONS = [
     Mutation("ray: a stopped run's shards ignored (their images encoded again)", "engine/index/distributed.py",
              "todo = [state for state in todo if state.path not in in_shards]", "todo = list(todo)",
              ("tests/test_distributed.py",)),
+    Mutation("ray: reading as plain tasks again (Ray fuses them into the encoder actors)", "engine/index/distributed.py",
+             'map_batches(Reader, batch_size=16, batch_format="numpy", compute=readers, num_cpus=1,\n'
+             '                                  fn_constructor_kwargs=',
+             'map_batches(read_and_prepare, batch_size=16, batch_format="numpy", num_cpus=1,\n'
+             '                                  fn_kwargs=',
+             ("tests/test_distributed.py::test_reading_is_a_step_apart_from_the_encoders",)),
+    Mutation("ray: its INFO lines and known notices printed on the console again", "engine/index/distributed.py",
+             "                handler.setLevel(max(handler.level, logging.WARNING))\n"
+             "                if not any(isinstance(f, _RayNotices) for f in handler.filters):\n"
+             "                    handler.addFilter(_RayNotices())",
+             "                pass",
+             ("tests/test_distributed.py::test_killed_ray_build_resumes_without_encoding_again",)),
     Mutation("shards: another model's vectors ingested", "engine/index/shards.py",
              "if theirs.shape != ours.shape or float(theirs @ ours) < 0.995:", "if theirs.shape != ours.shape:",
              ("tests/test_distributed.py",)),
