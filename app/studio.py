@@ -127,7 +127,7 @@ class Studio:
         """Index `name` for reading, or an error worded for the page (no server path, no command line)."""
         name = (name or "").strip()
         if not name:
-            raise StudioError("Choose an index, or build one in the Search tab first.")
+            raise StudioError("Choose an index, or build one first (Search tab, “Create or update an index”).")
         if not index_exists(name, self.index_dir):
             raise StudioError(f"No index named {short_text(name)!r}: build it in the Search tab (“Create or update "
                               "an index”), or choose one from the list.")

@@ -61,8 +61,10 @@ def build(studio: Studio) -> None:
 
 
 def _picture(label: str, elem_id: str | None = None) -> gr.Image:
-    """An output picture, downloadable as PNG."""
-    return gr.Image(label=label, interactive=False, format="png", elem_id=elem_id)
+    """An output picture, downloadable as PNG, its label above it (Gradio's label badge covers the top-left
+    patches, where a chosen patch's green box often is)."""
+    gr.Markdown(f"**{label}**", elem_classes="picture-label")
+    return gr.Image(label=label, show_label=False, interactive=False, format="png", elem_id=elem_id)
 
 
 @dataclass
@@ -149,8 +151,9 @@ def _follow_opacity(draw, computed: list, result: gr.State, opacity: gr.Slider, 
 
 
 def _patch_inputs(default_row: int = 0) -> tuple[gr.Number, gr.Number]:
-    return (gr.Number(default_row, precision=0, label="Patch row", minimum=0),
-            gr.Number(0, precision=0, label="Patch column", minimum=0))
+    # no minimum here or on layer and head: the engine's check names the valid range, Gradio's is a bare toast
+    return (gr.Number(default_row, precision=0, label="Patch row"),
+            gr.Number(0, precision=0, label="Patch column"))
 
 
 def _attention_view(studio: Studio, image, max_patches, opacity) -> None:
@@ -160,8 +163,8 @@ def _attention_view(studio: Studio, image, max_patches, opacity) -> None:
     run, notes, picture, array, result = area.run, area.notes, area.picture, area.array, area.result
     gr.Markdown("#### One encoder layer: where a patch looks (click the picture to choose the patch)")
     with gr.Row():
-        layer = gr.Number(0, precision=0, label="Layer", minimum=0)
-        head = gr.Number(0, precision=0, label="Head", minimum=0)
+        layer = gr.Number(0, precision=0, label="Layer")
+        head = gr.Number(0, precision=0, label="Head")
         row, col = _patch_inputs()
     area = _result_area("Show this layer's attention", "layer", "Layer attention from the chosen patch (green box)",
                         "Layer attention (.npy, rows × cols)", primary=False)

@@ -30,6 +30,7 @@ EXAMPLE_PHOTOS = [("cat.jpg", "Chelsea the cat · labels in English", "en"),
                   ("retina.jpg", "retina · labels in Arabic", "ar")]
 DEFAULT_LABELS = "a cat, a cup of coffee, an astronaut, a rocket launch, galaxies in deep space, the retina of an eye"
 DEFAULT_TEMPLATE = DEFAULT_TEMPLATES[0]
+LABELS_HELP = "Labels (comma-separated, or one per line; any language)"
 TEMPLATE_HELP = "Prompt template(s), one per line; {} stands for the label ({} alone: the label as written)."
 MAX_BATCH_IMAGES = 5000
 
@@ -106,7 +107,7 @@ def _build_one(studio: Studio) -> None:
         with gr.Column():
             image = ImageInput(type="filepath", label="Image", sources=["upload", "clipboard"], height=320,
                                elem_id="label-image")
-            labels = gr.Textbox(DEFAULT_LABELS, label="Labels (comma or newline separated, any language)", lines=3)
+            labels = gr.Textbox(DEFAULT_LABELS, label=LABELS_HELP, lines=3)
             template = gr.Textbox(DEFAULT_TEMPLATE, label=TEMPLATE_HELP, lines=2)
             own = studio.model.logit_bias if studio.model is not None else -10.0
             bias = gr.Slider(-20, 5, value=round(own, 2), step=0.1, label="Logit bias (starts at the model's own; "
@@ -160,6 +161,8 @@ def _build_one(studio: Studio) -> None:
                                                        [labels, template, scores, notes], api_name=False, **SERVE))
     for event in labelled:
         event.then(headline, scores, scores, api_name=False, queue=False)
+    for change in (image.upload, image.clear):  # a new picture's place is not the last one's scores (nor theirs
+        change(lambda: (None, ""), None, [scores, notes], api_name=False, queue=False, cancels=labelled)  # to come)
 
 
 @dataclass
@@ -177,6 +180,12 @@ class LabelledBatch:
 def _export_files(batch: LabelledBatch, assignments: list[LabelAssignment]) -> list[str]:
     folder = tempfile.mkdtemp(prefix="labels-")
     return [str(path) for path in write_exports(batch.result, assignments, folder).paths()]
+
+
+def _assigned(assignments: list[LabelAssignment], cut: float, how: str) -> str:
+    """How many images a threshold and mode gave a label (none at all is worth knowing at a glance)."""
+    labelled = sum(1 for a in assignments if a.labels)
+    return f"Threshold {cut:g}, {how}-label: {labelled} of {len(assignments)} image(s) labelled"
 
 
 def _table_rows(batch: LabelledBatch, assignments: list[LabelAssignment]) -> list[list[str]]:
@@ -213,7 +222,7 @@ def _build_many(studio: Studio) -> None:
             files = gr.File(file_count="multiple", file_types=["image"], type="filepath", label="Upload images",
                             elem_id="batch-files")
             folder = gr.Textbox(label="…or a folder on the server (inside the allowed roots)")
-            batch_labels = gr.Textbox(DEFAULT_LABELS, label="Labels", lines=3)
+            batch_labels = gr.Textbox(DEFAULT_LABELS, label=LABELS_HELP, lines=3)
             batch_template = gr.Textbox(DEFAULT_TEMPLATE, label=TEMPLATE_HELP, lines=2)
             with gr.Row():
                 threshold = gr.Slider(0, 1, value=0.1, step=0.01, label="Probability threshold")
@@ -239,7 +248,8 @@ def _build_many(studio: Studio) -> None:
         assignments = batch.assign(cut, how)
         failures = [f"{batch.names.get(f.source, Path(f.source).name)}: {f.reason}, skipped" for f in result.failures]
         notes = studio.notes(result.warnings, failures + [f"{p}: {r}" for p, r in batch.problems])
-        summary = f"Labelled {len(result.sources)} image(s) with {len(result.labels)} label(s)."
+        summary = (f"Labelled {len(result.sources)} image(s) with {len(result.labels)} label(s). "
+                   f"{_assigned(assignments, cut, how)}.")
         return _table_rows(batch, assignments), "\n\n".join(x for x in (summary, notes) if x), \
             _export_files(batch, assignments), batch
 
@@ -249,9 +259,8 @@ def _build_many(studio: Studio) -> None:
         if batch is None:
             return gr.skip(), gr.skip(), gr.skip()
         assignments = batch.assign(cut, how)
-        labelled = sum(1 for a in assignments if a.labels)
         return _table_rows(batch, assignments), _export_files(batch, assignments), \
-            f"Threshold {cut:g}, {how}-label: {labelled} of {len(assignments)} image(s) labelled (no re-encoding)."
+            f"{_assigned(assignments, cut, how)} (no re-encoding)."
 
     @shown_in_place("keep", "notes")
     def do_export(rows, batch: LabelledBatch | None):

@@ -18,6 +18,7 @@ from .common import (MODEL_QUEUE, SERVE, ImageInput, gpu, index_dropdown, progre
 from .studio import Studio
 
 
+RENAMES_SHOWN = 20  # uploads stored under another name, listed one by one after a build
 CAPTION_NAME = 48  # characters of a file name in a result's caption (the selection note gives it whole)
 
 
@@ -60,13 +61,18 @@ def _hits_note(studio: Studio, result, index_name: str) -> str:
     return "\n\n".join(x for x in (head, studio.notes(result.warnings)) if x)
 
 
-def build_summary_text(summary: BuildSummary) -> str:
-    """Markdown for a finished build: what changed, what the index holds, each skipped file."""
+def build_summary_text(summary: BuildSummary, renamed: list[tuple[str, str]] = ()) -> str:
+    """Markdown for a finished build: what changed, what the index holds, each skipped file, each upload
+    stored under another name."""
     lines = [f"**{summary.name}**: {summary.images} images ({summary.files} files), {summary.index_type}.",
              f"{summary.scanned} files scanned in {summary.seconds:.1f} s: {summary.encoded} encoded "
              f"({summary.rate:.1f}/s), {summary.linked} linked to stored content, {summary.unchanged} unchanged, "
              f"{summary.removed} removed, {len(summary.skipped)} skipped."]
     lines += [f"- ⛔ {Path(path).name}: {reason}" for path, reason in summary.skipped]
+    lines += [f"- {uploaded} stored as **{stored}**: another file of that name is in this index"
+              for uploaded, stored in renamed[:RENAMES_SHOWN]]
+    if len(renamed) > RENAMES_SHOWN:
+        lines.append(f"- …and {len(renamed) - RENAMES_SHOWN} more uploads stored under another name")
     return "\n\n".join(lines)
 
 
@@ -131,17 +137,18 @@ def _build_search(studio: Studio) -> gr.Dropdown:
         if not name:
             raise StudioError("Give the index a name first (letters, digits, spaces, '.', '-' or '_').")
         index_path(name, studio.index_dir)  # a bad name is refused before anything is copied
-        paths = uploaded_paths(uploaded)
+        paths, renamed = uploaded_paths(uploaded), []
         if server_folder and server_folder.strip():
             if paths:
                 raise StudioError("Give either uploaded images or a server folder, not both.")
             source = studio.check_folder(server_folder)
         elif paths:
-            source = stage_uploads(paths, name, studio.index_dir)
+            staged = stage_uploads(paths, name, studio.index_dir)
+            source, renamed = staged.folder, staged.renamed
         else:
             raise StudioError("Upload images or give a server folder to index.")
         summary = build_cancellably(studio, name, source, progress_callback(progress, "indexing"))
-        return "\n\n".join(x for x in (build_summary_text(summary), studio.notes()) if x), gr.Dropdown(
+        return "\n\n".join(x for x in (build_summary_text(summary, renamed), studio.notes()) if x), gr.Dropdown(
             choices=list_indexes(studio.index_dir), value=name)
 
     def _run(name: str, terms, n: int, cut: float, path_part: str):
@@ -185,7 +192,7 @@ def _build_search(studio: Studio) -> gr.Dropdown:
     cancel_button.click(lambda name: studio.cancel(f"build {(name or '').strip()}"), new_name, None,
                         api_name=False, queue=False)
     build_button.click(do_build, [new_name, files, folder], [build_notes, index_name], api_name="build_index",
-                       concurrency_id=MODEL_QUEUE)
+                       concurrency_id=MODEL_QUEUE, show_progress_on=build_notes)  # beside its button
     text_inputs = [index_name, query, k, min_score, path_filter]
     results = [gallery, search_notes, shown_ids]
     unselect = {"fn": lambda: (None, "Select a result to find images like it."), "inputs": None,
@@ -214,8 +221,9 @@ def _build_compare(studio: Studio) -> gr.Dropdown:
                 compare_gallery = gr.Gallery(label="Top results, one row per language", columns=6, height=460,
                                              elem_id="compare-gallery")
                 overlap_table = gr.Dataframe(label="Overlap of the top-k between languages (shared results / k)",
+                                             headers=["query"], interactive=False)
+                compare_table = gr.Dataframe(label="Top results per language (file names)", headers=["rank"],
                                              interactive=False)
-                compare_table = gr.Dataframe(label="Top results per language (file names)", interactive=False)
 
     @gpu
     @shown_in_place("clear", "clear", "clear", "notes")
@@ -239,5 +247,5 @@ def _build_compare(studio: Studio) -> gr.Dropdown:
 
     compare_button.click(do_compare, [index_name, languages, k],
                          [compare_gallery, overlap_table, compare_table, compare_notes],
-                         api_name="compare_languages", concurrency_id=MODEL_QUEUE)
+                         api_name="compare_languages", concurrency_id=MODEL_QUEUE, show_progress_on=compare_notes)
     return index_name

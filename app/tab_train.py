@@ -259,6 +259,7 @@ def build(studio: Studio) -> None:
             with gr.Row():
                 start = gr.Button("Fine-tune", variant="primary")
                 stop = gr.Button("Cancel", variant="stop")
+            status = gr.Markdown(elem_id="train-status")  # the run's progress shows here, beside its buttons
             with gr.Row(equal_height=True):
                 # custom values: a run stopped after this page was built is still accepted (resume checks it)
                 runs = gr.Dropdown(run_choices(studio), value=None, scale=3, allow_custom_value=True,
@@ -266,9 +267,8 @@ def build(studio: Studio) -> None:
                 resume = gr.Button("Resume", scale=1)
         with gr.Column():
             chart = gr.Plot(label="Loss and validation accuracy")
-            status = gr.Markdown()
             report = gr.Markdown()
-            out_folder = gr.Textbox(label="Checkpoint folder", interactive=False)
+            out_folder = gr.Textbox(label="Checkpoint folder (this run's, or any fine-tuned one on the server)")
             load = gr.Button("Load this checkpoint")
             loaded = gr.Markdown()
 
@@ -286,9 +286,9 @@ def build(studio: Studio) -> None:
 
     @shown_in_place("notes")
     def do_load(folder_text):
-        if not folder_text:
-            raise StudioError("Fine-tune first: there is no checkpoint to load yet.")
-        model = studio.load(folder_text)
+        if not (folder_text or "").strip():
+            raise StudioError("Fine-tune first, or give the folder of a checkpoint fine-tuned earlier.")
+        model = studio.load(folder_text.strip())
         return f"Loaded `{Path(str(model.directory)).name}`" + (" (still an untrained test model)"
                                                                  if model.untrained else "")
 
@@ -300,7 +300,7 @@ def build(studio: Studio) -> None:
     for trigger, handler, inputs, api_name in ((start, do_train, [folder, upload, mode, epochs, batch_size, lr, device],
                                                 "fine_tune"), (resume, do_resume, [runs], "resume_fine_tune")):
         trigger.click(handler, inputs, [chart, status, report, out_folder], api_name=api_name,
-                      concurrency_id=MODEL_QUEUE).then(refresh_runs, None, runs, api_name=False, queue=False)
+                      concurrency_id=MODEL_QUEUE, show_progress_on=status).then(refresh_runs, None, runs, api_name=False, queue=False)
     runs.focus(refresh_runs, runs, runs, api_name=False, queue=False)
     stop.click(lambda: cancel.set(), None, None, queue=False)
     load.click(do_load, out_folder, loaded, concurrency_id=MODEL_QUEUE)

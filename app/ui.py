@@ -11,13 +11,22 @@ from .studio import Studio
 # Gallery captions are two short lines (name; scores): keep the line break and show them whole.
 CSS = """
 .gallery-item .caption-label { white-space: pre-line; overflow: visible; text-overflow: clip; line-height: 1.25;
-  max-width: 100%; text-align: left; }
+  max-width: 100%; text-align: left; overflow-wrap: anywhere; }  /* a name wider than its column wraps */
 #explore-card { overflow-wrap: anywhere; }
 /* narrow windows: a table's words wrap whole (a header read "probabilit y"); long file names may still break */
 #label-notes th, #label-notes td, #batch-table th { word-break: normal; overflow-wrap: normal; hyphens: none; }
 #label-notes td:first-child { overflow-wrap: anywhere; }
-/* as many result columns as fit 150 px each (four in a narrow window were cut off at the right) */
+/* as many result columns as fit (a fixed count in a narrow box cut the last ones off at the right) */
 #search-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)) !important; }
+#explore-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(110px, 1fr)) !important; }
+/* a job's progress (or its place in the queue) shows in the notes beside its button, empty (0 px high) until the
+   job ends: room for it */
+:is(#build-notes, #batch-notes, #train-status, #compare-notes):has(> [data-testid="status-tracker"]:not(.hide)) {
+  min-height: 7em; }
+/* …and the count and time (top right, over a narrow box's bar) under the bar */
+:is(#build-notes, #batch-notes, #train-status, #compare-notes) > [data-testid="status-tracker"] { height: 100%; }
+:is(#build-notes, #batch-notes, #train-status, #compare-notes) .meta-text-center {
+  transform: none; top: auto; bottom: 0; }
 """
 INTRO = ("# SigLIP 2 Studio\nZero-shot labelling, multilingual image search, an embedding explorer and a look "
          "inside Google's SigLIP 2 encoders. Probabilities are SigLIP's sigmoid scores: independent per label.")

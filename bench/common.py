@@ -49,12 +49,13 @@ def _write_photo(path: Path, seed: int, number: int) -> None:
 
 def photos(count: int, folder: Path | None = None, seed: int = 0) -> list[Path]:
     """Distinct JPEG files of camera-like sizes (640×480 to 1600×1200, both orientations), written by all
-    cores when there are many."""
+    cores when there are many; by default in a folder of their own count, which the benchmarks that build an
+    index from the folder index whole (a shared folder held every photo an earlier, larger run had made)."""
     from concurrent.futures import ProcessPoolExecutor
 
     # each file seeded by its own number: files made by an earlier, shorter call must not repeat (an index
     # build stores repeated content once, and would skip the work being measured)
-    folder = folder or OUT / "camera-photos"
+    folder = folder or OUT / f"camera-photos-{count}"
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"photo_{i:05d}.jpg" for i in range(count)]
     missing = [(path, seed, i) for i, path in enumerate(paths) if not path.exists()]

@@ -107,6 +107,7 @@ def test_uploads_keep_their_own_names(client, tmp_path):
     # two uploads of one name are told apart the same way in the table and in every export
     names = ["beach day.jpg", "Straße 2.png", "beach day_1.jpg"]
     assert [row[0] for row in table["data"]] == names
+    assert "Threshold 0, single-label: 3 of 3 image(s) labelled" in notes
     by_name = {Path(p).name: p for p in exports}
     with open(by_name["labels.csv"], encoding="utf-8") as handle:
         assert [row[0] for row in list(csv.reader(handle))[1:]] == names
@@ -142,7 +143,7 @@ def test_folder_outside_allowed_roots_refused(client, tmp_path):
     assert notes.startswith("⛔") and "outside the folders" in notes
 
 
-def test_build_search_and_explore(client, photo_root):
+def test_build_search_and_explore(client, photo_root, tmp_path):
     summary, choice = client.predict("trip", None, str(photo_root / "photos"), api_name="/build_index")
     assert "8 encoded" in summary and "broken.jpg" in summary and choice["value"] == "trip"
     gallery, notes = client.predict("trip", "ein Hund am Strand", 5, -1, "", api_name="/search_text")
@@ -153,6 +154,10 @@ def test_build_search_and_explore(client, photo_root):
     combined, _ = client.predict("trip", handle_file(str(photo_root / "photos" / "photo 3.jpg")), 1.0,
                                  "0.5:sunset - night", 3, -1, "", api_name="/search_image")
     assert len(combined) == 3
+    (tmp_path / "fake.jpg").write_bytes(b"not a picture")
+    gallery, notes = client.predict("trip", handle_file(str(tmp_path / "fake.jpg")), 1.0, "", 3, -1, "",
+                                    api_name="/search_image")
+    assert not gallery and notes.startswith("⛔ Query image fake.jpg: not an image"), notes  # not its upload path
     figure, notes, nearest = client.predict("trip", "cluster", 3, "", "a dog", 20000, api_name="/explore")
     assert "UMAP" in notes or "PCA" in notes
     assert figure["plot"] and len(nearest) > 0
@@ -170,8 +175,15 @@ def test_uploads_build_an_index(client, tmp_path):
         path = tmp_path / f"up{i}.png"
         random_image(64, 64, seed=i).save(path)
         paths.append(handle_file(str(path)))
-    summary, choice = client.predict("uploaded", paths, "", api_name="/build_index")
-    assert "3 encoded" in summary and choice["value"] == "uploaded"
+    other = tmp_path / "elsewhere" / "up0.png"  # another picture with the same name
+    other.parent.mkdir()
+    random_image(64, 64, seed=9).save(other)
+    summary, choice = client.predict("uploaded", paths + [handle_file(str(other))], "", api_name="/build_index")
+    assert "4 encoded" in summary and choice["value"] == "uploaded"
+    assert "up0.png stored as **up0_1.png**" in summary  # kept beside the first, not written over it
+    again, _ = client.predict("uploaded", [handle_file(str(other)), paths[1]], "", api_name="/build_index")
+    assert "0 encoded" in again and "4 unchanged" in again  # the same files again: found under their names
+    assert "up0.png stored as **up0_1.png**" in again and again.count("stored as") == 1
     notes, _ = client.predict("../escape", paths, "", api_name="/build_index")
     assert "not allowed" in notes
 
@@ -339,3 +351,30 @@ def test_a_long_file_name_is_cut_in_the_middle_of_its_caption():
     assert scores == "cos 0.123 · p 0.000"
     short = "/photos/cat.jpg"
     assert hit_caption(SearchHit(short, [short], 0.5, 0.2, 1, 64, 64)).startswith("cat.jpg\n")
+
+
+def test_long_jobs_show_their_progress_beside_their_button(tmp_path):
+    """A long job's progress shows in the notes under the button that started it, not over its results, the
+    form's fields or the index list (a build's covered the index to search, a fine-tune's three boxes)."""
+    from app.studio import Studio
+    from app.ui import build_app
+
+    index_dir = tmp_path / "indexes"
+    config = build_app(Studio(index_dir=index_dir, allowed_roots=[tmp_path], enable_training=True)).get_config_file()
+    elem_ids = {component["id"]: component.get("props", {}).get("elem_id") for component in config["components"]}
+    shown_on = {event["api_name"]: [elem_ids[i] for i in event.get("show_progress_on") or []]
+                for event in config["dependencies"] if event.get("api_name")}
+    assert {name: shown_on[name] for name in ("label_batch", "build_index", "compare_languages", "fine_tune",
+                                              "resume_fine_tune")} == {
+        "label_batch": ["batch-notes"], "build_index": ["build-notes"], "compare_languages": ["compare-notes"],
+        "fine_tune": ["train-status"], "resume_fine_tune": ["train-status"]}
+
+
+def test_a_build_lists_its_renamed_uploads_up_to_a_point():
+    from app.tab_search import RENAMES_SHOWN, build_summary_text
+    from engine.index.build import BuildSummary
+
+    renamed = [(f"IMG_{i:04d}.jpg", f"IMG_{i:04d}_1.jpg") for i in range(RENAMES_SHOWN + 5)]
+    text = build_summary_text(BuildSummary(name="trip", folder="/x"), renamed)
+    assert text.count("stored as") == RENAMES_SHOWN and "…and 5 more uploads stored under another name" in text
+    assert "IMG_0000.jpg stored as **IMG_0000_1.jpg**" in text

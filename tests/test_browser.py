@@ -54,10 +54,16 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         scores = page.locator("#label-scores")
         scores.get_by_text("an astronaut").first.wait_for(timeout=60_000)
         page.locator("#label-notes").get_by_text("Untrained test model").wait_for(timeout=30_000)
-        page.get_by_label("Labels (comma or newline separated, any language)").fill("ein Hund, un chat")
+        page.get_by_label("Labels (comma-separated, or one per line; any language)").fill("ein Hund, un chat")
         page.get_by_role("button", name="Label", exact=True).click()
         scores.get_by_text("ein Hund").first.wait_for(timeout=60_000)
         page.screenshot(path=str(SHOTS / "label.png"), full_page=True)
+        page.locator("#label-image input[type=file]").set_input_files(  # another photo: the old scores go
+            str(Path(__file__).parents[1] / "assets" / "examples" / "rocket.jpg"))
+        page.wait_for_function("() => !document.querySelector('#label-scores').innerText.includes('ein Hund')",
+                               timeout=30_000)
+        page.get_by_role("button", name="Label", exact=True).click()
+        scores.get_by_text("ein Hund").first.wait_for(timeout=60_000)
 
         # Label many: upload two photos, label them, switch to single-label (re-applied, no encoding), exports
         examples = Path(__file__).parents[1] / "assets" / "examples"
@@ -164,6 +170,9 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         page.locator("#explore-gallery").get_by_text("Selected: 6 image(s)", exact=False).wait_for(timeout=30_000)
         assert page.locator("#explore-gallery img").count() == 6
         page.screenshot(path=str(SHOTS / "explore-lasso.png"), full_page=True)
+        with narrow(page):  # six in a row were cut off at the right: the selected photos seen were fewer
+            assert fits_its_box(page, "#explore-gallery .grid-container")
+            page.screenshot(path=str(SHOTS / "explore-lasso-800px.png"), full_page=True)
 
         # a map of an index that does not exist: the message replaces the map, nothing of the clicked point stays
         page.locator("#explore-index input").fill("nowhere")

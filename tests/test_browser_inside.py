@@ -51,6 +51,11 @@ def test_inside_views_in_a_browser(browser, tmp_path):
         picture = page.locator("#layer-picture img").first
         picture.wait_for(timeout=60_000)
         page.locator("#layer-notes").get_by_text("Layer 0", exact=False).wait_for(timeout=30_000)
+        # nothing drawn over the picture (a label badge hid the default patch's green box, top left)
+        assert page.locator("#layer-picture").evaluate("""block => { const r = block.querySelector('img')
+            .getBoundingClientRect(); return [...block.querySelectorAll('[data-testid="block-label"]')]
+            .filter(x => x.checkVisibility()).map(x => x.getBoundingClientRect())
+            .every(b => b.right <= r.left || b.left >= r.right || b.bottom <= r.top || b.top >= r.bottom); }""")
         # a click near the lower right of the panel chooses the patch there
         width, height = panel_size(grid)
         x, y = width - 5, height - 5

@@ -83,17 +83,29 @@ def test_killed_ray_build_resumes_without_encoding_again(naflex_model, naflex_di
 
 def test_reading_is_a_step_apart_from_the_encoders(naflex_model, capsys):
     """Ray fuses a task step into the actor step after it: decoding would then run in the encoders' processes."""
-    from engine.index.distributed import pipeline
+    from engine.index.distributed import pipeline, share_cpus
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         rows = [{"path": f"{i}.jpg", "size": 1, "mtime_ns": 0} for i in range(40)]
-        pipeline(naflex_model, rows, batch_size=8, encoders=1, cpus_per_encoder=1).explain()
+        pipeline(naflex_model, rows, batch_size=8, encoders=1, share=share_cpus(2, False, 1)).explain()
     finally:
         ray.shutdown()
     physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     assert "ActorPoolMapOperator[MapBatches(Reader)]" in physical, physical
     assert "ActorPoolMapOperator[MapBatches(Encoder)]" in physical, physical
+
+
+def test_cpus_are_shared_so_that_reading_always_has_one():
+    from engine.index.distributed import CpuShare, share_cpus
+
+    assert share_cpus(2, on_gpu=False, encoders=1) == CpuShare(per_encoder=1, readers=1)
+    assert share_cpus(16, on_gpu=False, encoders=3) == CpuShare(per_encoder=5, readers=1)
+    assert share_cpus(8, on_gpu=False, encoders=1, per_encoder=2) == CpuShare(per_encoder=2, readers=6)
+    assert share_cpus(16, on_gpu=True, encoders=2) == CpuShare(per_encoder=7, readers=14)  # one CPU feeds each GPU
+    for encoders, per_encoder in ((2, None), (1, 2)):  # the encoders would hold every CPU: refused, not a hang
+        with pytest.raises(IndexStoreError, match="none of Ray's 2 CPUs to read"):
+            share_cpus(2, on_gpu=False, encoders=encoders, per_encoder=per_encoder)
 
 
 def _hand_written_shard(path, model, files, fingerprint_text=FINGERPRINT_TEXT, vectors=None):

@@ -113,7 +113,12 @@ def test_image_and_combined_queries_threshold_and_filter(naflex_model, tmp_path)
                                                   min_score=cut).hits)
         filtered = search(index, naflex_model, "anything", k=9, path_contains="sub dir")
         assert filtered.hits and all("sub dir" in h.path for h in filtered.hits)
-        assert len(filtered.hits) == 3
+        assert len(filtered.hits) == 3 and not filtered.warnings
+        # nothing found: said why, the filter or the threshold
+        nowhere = search(index, naflex_model, "anything", k=9, path_contains="zzz")
+        assert not nowhere.hits and nowhere.warnings == ["no stored file's path contains “zzz”"]
+        too_high = search(index, naflex_model, "anything", k=9, min_score=0.99)
+        assert not too_high.hits and too_high.warnings == ["no result scored at least the minimum cosine score, 0.99"]
 
 
 def test_compare_queries_overlap_is_by_image_not_by_file_name(naflex_model, tmp_path):

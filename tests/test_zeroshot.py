@@ -53,7 +53,11 @@ def test_label_embeddings_computed_once_per_label_set(fixed_model, monkeypatch):
 
 def test_label_parsing_and_validation():
     assert parse_labels("cat, dog ,car") == ["cat", "dog", "car"]
-    assert parse_labels("a, b\nc") == ["a, b", "c"]  # newline-separated labels may hold commas
+    assert parse_labels("a, b\nc,\n , ,, ") == ["a, b", "c", ""]  # one per line: commas kept inside a label
+    kept, warnings = clean_labels("a cat, un chat, a dog\nstars")
+    assert kept == ["a cat, un chat, a dog", "stars"]
+    assert any("'a cat, un chat, a dog' is one label" in w for w in warnings), warnings  # said, not silent
+    assert clean_labels("\ncat, dog\n") == (["cat", "dog"], [])  # one line of text: commas separate
     kept, warnings = clean_labels(["cat", "  ", "Cat", "dog", "dog"])
     assert kept == ["cat", "dog"]
     duplicates = [w for w in warnings if "duplicate" in w]  # grouped into one warning that names each
@@ -75,3 +79,14 @@ def test_non_latin_and_long_labels_warn(naflex_model):
     assert any("ASCII" in w for w in result.warnings)
     assert any("truncated" in w for w in result.warnings)
     assert result.probabilities.shape == (1, 2)
+
+
+def test_a_cached_label_set_carries_this_inputs_warnings(naflex_model):
+    """The embedded labels are cached, the warnings about how they were typed are not: each call gets its own."""
+    typed = prepare_labels(naflex_model, "caching, typed\ncache two")
+    assert any("is one label" in w for w in typed.warnings)
+    as_list = prepare_labels(naflex_model, ["caching, typed", "cache two"])
+    assert as_list.text_vectors is typed.text_vectors and as_list.warnings == []  # the same embedding, reused
+    with_empty = prepare_labels(naflex_model, "cache three, cache four,")
+    assert with_empty.warnings == ["1 empty label(s) ignored"]
+    assert prepare_labels(naflex_model, "cache three, cache four").warnings == []

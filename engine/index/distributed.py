@@ -111,21 +111,21 @@ class Encoder:
 
 
 class _RayNotices(logging.Filter):
-    """Keeps off the console two notices about choices this module makes on purpose (Ray's log files keep them)."""
+    """Keeps off the console two notices about choices this module makes on purpose."""
 
-    HIDDEN = ("Token authentication is enabled", "Progress bars disabled")
+    HIDDEN = ("Token authentication is enabled for this Ray cluster", "Progress bars disabled")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(self.HIDDEN)
 
 
 def _quiet_ray_console() -> None:
-    """Ray's INFO lines off the console (its log files keep them); its warnings and errors stay."""
+    """Ray's INFO lines off the console (Ray Data's log file keeps its own); its warnings and errors stay."""
     import ray.data  # noqa: F401  (sets up the ray.data logger's handlers, replacing earlier ones)
 
     for name in ("ray", "ray.data"):
         for handler in logging.getLogger(name).handlers:
-            if not isinstance(handler, logging.FileHandler):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 handler.setLevel(max(handler.level, logging.WARNING))
                 if not any(isinstance(f, _RayNotices) for f in handler.filters):
                     handler.addFilter(_RayNotices())
@@ -139,27 +139,38 @@ def _start_ray(address: str | None, num_cpus: int | None) -> bool:
         return False
     _quiet_ray_console()
     if address:  # a cluster: ship this engine to its workers
-        ray.init(address=address, runtime_env={"py_modules": [str(PROJECT_ROOT / "engine")]},
-                 log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=address, runtime_env={"py_modules": [str(PROJECT_ROOT / "engine")]}, log_to_driver=False)
     else:
         path = os.pathsep.join(x for x in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if x)
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING,
                  runtime_env={"env_vars": {"PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}})
     _quiet_ray_console()
     ray.data.DataContext.get_current().enable_progress_bars = False  # the caller's progress callback reports
     return True
 
 
-def reading_actors(on_gpu: bool, encoders: int, cpus_per_encoder: int) -> int:
-    """How many reading actors the cluster's CPUs leave room for beside the encoders (at least one)."""
-    import ray
+@dataclass(frozen=True)
+class CpuShare:
+    """How a build shares Ray's CPUs: torch threads (and CPUs held, on CPU) per encoder, and reading actors."""
 
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(1, cpus - (0 if on_gpu else encoders * cpus_per_encoder))
+    per_encoder: int
+    readers: int
 
 
-def pipeline(model: LoadedModel, rows: list[dict], batch_size: int, encoders: int, cpus_per_encoder: int):
+def share_cpus(cluster_cpus: int, on_gpu: bool, encoders: int, per_encoder: int | None = None) -> CpuShare:
+    """CPUs per encoder (given, or an even share of all but one) and the reading actors that fit beside the
+    encoders; IndexStoreError when CPU encoders would leave no CPU to read with (the build would wait forever)."""
+    per_encoder = per_encoder or max(1, (cluster_cpus - 1) // encoders)
+    if on_gpu:  # a GPU encoder holds no CPU, but feeds its GPU from one
+        return CpuShare(per_encoder, max(1, cluster_cpus - encoders))
+    left = cluster_cpus - encoders * per_encoder
+    if left < 1:
+        raise IndexStoreError(f"{encoders} encoder(s) of {per_encoder} CPU(s) each leave none of Ray's "
+                              f"{cluster_cpus} CPUs to read images with: use fewer encoders, or more CPUs.")
+    return CpuShare(per_encoder, left)
+
+
+def pipeline(model: LoadedModel, rows: list[dict], batch_size: int, encoders: int, share: CpuShare):
     """The Ray Data dataset that reads `rows` (path, size, mtime_ns) and encodes them; Ray must be running."""
     import ray
 
@@ -167,22 +178,22 @@ def pipeline(model: LoadedModel, rows: list[dict], batch_size: int, encoders: in
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 16, 512)))
     # readers in an actor pool of their own: Ray fuses a task step into the actor step after it, which would
     # leave decoding to the encoders' processes; an actor step is never fused into another
-    readers = ray.data.ActorPoolStrategy(min_size=1, max_size=reading_actors(on_gpu, encoders, cpus_per_encoder))
+    readers = ray.data.ActorPoolStrategy(min_size=1, max_size=share.readers)
     dataset = dataset.map_batches(Reader, batch_size=16, batch_format="numpy", compute=readers, num_cpus=1,
                                   fn_constructor_kwargs={"preprocessor": model.image_preprocessor,
                                                          "reduced": decode_target(model) is not None})
     return dataset.map_batches(Encoder, batch_size=batch_size, batch_format="numpy",
                                compute=ray.data.ActorPoolStrategy(size=encoders),
-                               num_gpus=1 if on_gpu else 0, num_cpus=0 if on_gpu else cpus_per_encoder,
-                               fn_constructor_kwargs={"spec": ModelSpec.of(model), "threads": cpus_per_encoder})
+                               num_gpus=1 if on_gpu else 0, num_cpus=0 if on_gpu else share.per_encoder,
+                               fn_constructor_kwargs={"spec": ModelSpec.of(model), "threads": share.per_encoder})
 
 
 def _encode_on_ray(model: LoadedModel, todo: list, shards_dir: Path, shard_size: int, batch_size: int,
-                   encoders: int, cpus_per_encoder: int, progress: ProgressCallback | None) -> tuple[int, int]:
+                   encoders: int, share: CpuShare, progress: ProgressCallback | None) -> tuple[int, int]:
     """Run the pipeline over `todo` (FileStates) and write its output as shards: (shards written, images
     encoded)."""
     rows = [{"path": s.path, "size": s.size, "mtime_ns": s.mtime_ns} for s in todo]
-    dataset = pipeline(model, rows, batch_size, encoders, cpus_per_encoder)
+    dataset = pipeline(model, rows, batch_size, encoders, share)
     run, written, done, encoded = uuid.uuid4().hex[:8], 0, 0, 0
     fingerprint = model_fingerprint(model)
     for batch in dataset.iter_batches(batch_size=shard_size, batch_format="numpy"):
@@ -233,11 +244,12 @@ def build_index_on_ray(
         todo = [state for state in todo if state.path not in in_shards]
         if todo:
             started = _start_ray(address, num_cpus)
-            cpus = cpus_per_encoder or max(1, (num_cpus or os.cpu_count() or 2) - 1)
             summary.encoders = encoders
             try:
+                share = share_cpus(int(ray.cluster_resources().get("CPU", 1)), model.device.type == "cuda",
+                                   encoders, cpus_per_encoder)
                 summary.shards_written, summary.encoded = _encode_on_ray(
-                    model, todo, shards_dir, shard_size, batch_size, encoders, cpus, progress)
+                    model, todo, shards_dir, shard_size, batch_size, encoders, share, progress)
             finally:
                 if started:
                     ray.shutdown()

@@ -103,7 +103,8 @@ def embed_query(model: LoadedModel, query: str | Image.Image | list[QueryTerm],
     if images:
         encoded_images = encode_images(model, images)
         if encoded_images.failures:
-            raise QueryError(f"Query image {encoded_images.failures[0]}")
+            failure = encoded_images.failures[0]  # by its name: an upload's path is a temporary folder's
+            raise QueryError(f"Query image {Path(failure.source).name}: {failure.reason}.")
         image_rows = iter(encoded_images.vectors)
         vectors.update({i: next(image_rows) for i, t in enumerate(terms) if t.kind == "image"})
     total = sum(t.weight * vectors[i] for i, t in enumerate(terms))
@@ -148,7 +149,12 @@ def search(index: ImageIndex, model: LoadedModel, query: str | Image.Image | lis
         index.check_image_setting(model)  # image queries must be encoded as the index's images were
     embedded = embed_query(model, query, readable)
     hits = _nearest(index, model, embedded.vector, k, min_score, path_contains)
-    return SearchResult(label, hits, embedded.terms, embedded.warnings, model.untrained)
+    warnings = list(embedded.warnings)
+    if not hits and path_contains and not len(index.ids_matching_path(path_contains)):
+        warnings.append(f"no stored file's path contains “{short_text(path_contains)}”")
+    elif not hits and min_score is not None and index.index.ntotal:
+        warnings.append(f"no result scored at least the minimum cosine score, {min_score:g}")
+    return SearchResult(label, hits, embedded.terms, warnings, model.untrained)
 
 
 def _nearest(index: ImageIndex, model: LoadedModel, vector: np.ndarray, k: int, min_score: float | None = None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -26,9 +26,12 @@ _LABEL_CACHE_SIZE = 32
 
 
 def parse_labels(text: str) -> list[str]:
-    """Labels from one string: newline-separated if it has newlines, else comma-separated."""
-    parts = text.splitlines() if "\n" in text else text.split(",")
-    return [part.strip() for part in parts]
+    """Labels from one string: one per line if several lines hold text (a label may hold commas; a comma ending
+    a line is dropped), else comma-separated."""
+    lines = [line.strip(" \t,") for line in text.splitlines()]
+    if sum(map(bool, lines)) > 1:
+        return lines
+    return [part.strip() for part in text.strip().split(",")]
 
 
 def parse_templates(text: str | Sequence[str] | None) -> list[str]:
@@ -45,6 +48,7 @@ class LabelSet:
     templates: list[str]
     text_vectors: np.ndarray  # (n_labels, dim) float32, mean over templates, L2-normalised
     warnings: list[str] = field(default_factory=list)
+    encode_warnings: list[str] = field(default_factory=list)  # the prompts' own (cached with their vectors)
 
 
 def clean_labels(labels: Sequence[str] | str) -> tuple[list[str], list[str]]:
@@ -61,8 +65,12 @@ def clean_labels(labels: Sequence[str] | str) -> tuple[list[str], list[str]]:
         seen[key] = label
         kept.append(label)
     warnings += grouped(duplicates, "duplicate label(s) ignored (labels are compared lowercased)")
+    with_commas = [label for label in kept if "," in label] if isinstance(labels, str) else []
+    if with_commas:  # commas on one line of several: most likely meant as separators
+        warnings.append(f"{short_text(with_commas[0])!r} is one label: with several lines, each line is one label, "
+                        "commas included (to separate labels by commas, put them all on one line)")
     if not kept:
-        raise LabelError("No labels given: enter at least one label (comma or newline separated).")
+        raise LabelError("No labels given: enter at least one label (one per line, or separated by commas).")
     if len(kept) > MAX_LABELS:
         raise LabelError(f"{len(kept)} labels is more than the limit of {MAX_LABELS}; split them into several runs.")
     return kept, warnings
@@ -85,13 +93,15 @@ def prepare_labels(model: LoadedModel, labels: Sequence[str] | str,
     check_templates(template_list)
     key = (tuple(kept), tuple(template_list), model.tokenizer.lowercase)
     cache = _label_sets.setdefault(model, OrderedDict())
-    if key in cache:
-        return cache[key]
+    if key in cache:  # the input's own warnings, the cached encoding's (the same input may be typed otherwise)
+        cached = cache[key]
+        return replace(cached, warnings=warnings + cached.encode_warnings)
     prompts = [template.format(label) for label in kept for template in template_list]
     encoded = encode_texts(model, prompts)
     per_template = encoded.vectors.reshape(len(kept), len(template_list), -1).mean(axis=1)
     vectors = per_template / np.linalg.norm(per_template, axis=1, keepdims=True)
-    label_set = LabelSet(kept, template_list, vectors.astype(np.float32), warnings + encoded.warnings)
+    label_set = LabelSet(kept, template_list, vectors.astype(np.float32), warnings + encoded.warnings,
+                         encoded.warnings)
     if len(cache) >= _LABEL_CACHE_SIZE:
         cache.popitem(last=False)
     cache[key] = label_set
