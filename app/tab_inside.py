@@ -63,7 +63,7 @@ def build(studio: Studio) -> None:
 def _picture(label: str, elem_id: str | None = None) -> gr.Image:
     """An output picture, downloadable as PNG, its label above it (Gradio's label badge covers the top-left
     patches, where a chosen patch's green box often is)."""
-    gr.Markdown(f"**{label}**", elem_classes="picture-label")
+    gr.Markdown(f"**{label}**")
     return gr.Image(label=label, show_label=False, interactive=False, format="png", elem_id=elem_id)
 
 

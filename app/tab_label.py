@@ -161,8 +161,9 @@ def _build_one(studio: Studio) -> None:
                                                        [labels, template, scores, notes], api_name=False, **SERVE))
     for event in labelled:
         event.then(headline, scores, scores, api_name=False, queue=False)
-    for change in (image.upload, image.clear):  # a new picture's place is not the last one's scores (nor theirs
-        change(lambda: (None, ""), None, [scores, notes], api_name=False, queue=False, cancels=labelled)  # to come)
+    # another picture (or none): the last one's scores go, and so do those still being computed
+    for change in (image.upload, image.clear):
+        change(lambda: (None, ""), None, [scores, notes], api_name=False, queue=False, cancels=labelled)
 
 
 @dataclass

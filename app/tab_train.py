@@ -300,7 +300,8 @@ def build(studio: Studio) -> None:
     for trigger, handler, inputs, api_name in ((start, do_train, [folder, upload, mode, epochs, batch_size, lr, device],
                                                 "fine_tune"), (resume, do_resume, [runs], "resume_fine_tune")):
         trigger.click(handler, inputs, [chart, status, report, out_folder], api_name=api_name,
-                      concurrency_id=MODEL_QUEUE, show_progress_on=status).then(refresh_runs, None, runs, api_name=False, queue=False)
+                      concurrency_id=MODEL_QUEUE, show_progress_on=status).then(refresh_runs, None, runs,
+                                                                               api_name=False, queue=False)
     runs.focus(refresh_runs, runs, runs, api_name=False, queue=False)
     stop.click(lambda: cancel.set(), None, None, queue=False)
     load.click(do_load, out_folder, loaded, concurrency_id=MODEL_QUEUE)

@@ -66,7 +66,7 @@ def clean_labels(labels: Sequence[str] | str) -> tuple[list[str], list[str]]:
         kept.append(label)
     warnings += grouped(duplicates, "duplicate label(s) ignored (labels are compared lowercased)")
     with_commas = [label for label in kept if "," in label] if isinstance(labels, str) else []
-    if with_commas:  # commas on one line of several: most likely meant as separators
+    if with_commas:  # said, in case they were meant to separate labels
         warnings.append(f"{short_text(with_commas[0])!r} is one label: with several lines, each line is one label, "
                         "commas included (to separate labels by commas, put them all on one line)")
     if not kept:
