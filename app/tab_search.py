@@ -99,7 +99,7 @@ def _build_search(studio: Studio) -> gr.Dropdown:
     with gr.Row():
         with gr.Column(scale=1):
             gr.Markdown("#### Create or update an index")
-            new_name = gr.Textbox(label="Index name", placeholder="holiday-2026")
+            new_name = gr.Textbox(label="Index name", placeholder="a name of yours, e.g. holiday-2026")
             files = gr.File(file_count="multiple", file_types=["image"], type="filepath", label="Upload images")
             folder = gr.Textbox(label="…or a folder on the server (inside the allowed roots)")
             with gr.Row():
