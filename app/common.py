@@ -32,6 +32,7 @@ except ImportError:  # pragma: no cover - depends on the host
 MODEL_QUEUE = "model"  # one model job at a time across users: builds, maps, inspection
 # Quick single-image and text requests run together (their encodes share forward passes): pass **SERVE.
 SERVE = {"concurrency_id": "serve", "concurrency_limit": 16}
+JOB_NOTES = "job-notes"  # the class of the notes under a long job's button, where its progress shows (ui.CSS)
 
 
 def shown_in_place(*outputs: str):

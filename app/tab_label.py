@@ -16,7 +16,8 @@ from engine.label.zeroshot import DEFAULT_TEMPLATES, ZeroShotResult, classify, p
 from engine.model.images import find_images, read_file_bytes
 from engine.model.text import short_text
 
-from .common import MODEL_QUEUE, SERVE, ImageInput, gpu, progress_callback, shown_in_place, uploaded_paths
+from .common import (JOB_NOTES, MODEL_QUEUE, SERVE, ImageInput, gpu, progress_callback, shown_in_place,
+                     uploaded_paths)
 from .studio import ROOT, Studio
 
 EXAMPLES = ROOT / "assets" / "examples"
@@ -229,7 +230,7 @@ def _build_many(studio: Studio) -> None:
                 threshold = gr.Slider(0, 1, value=0.1, step=0.01, label="Probability threshold")
                 mode = gr.Radio(["multi", "single"], value="multi", label="Labels per image")
             label_all = gr.Button("Label all", variant="primary")
-            batch_notes = gr.Markdown(elem_id="batch-notes")  # beside the button: its progress shows here
+            batch_notes = gr.Markdown(elem_id="batch-notes", elem_classes=JOB_NOTES)  # its progress shows here
         with gr.Column():
             table = gr.Dataframe(headers=["image", "labels", "top probabilities"], interactive=True,
                                  label="Results (edit the labels column, then export again)", wrap=True,

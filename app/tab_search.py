@@ -13,7 +13,7 @@ from engine.index.search import QueryTerm, compare_queries, parse_query, search,
 from engine.index.store import index_path, list_indexes
 from engine.model.text import short_text
 
-from .common import (MODEL_QUEUE, SERVE, ImageInput, gpu, index_dropdown, progress_callback, shown_in_place,
+from .common import (JOB_NOTES, MODEL_QUEUE, SERVE, ImageInput, gpu, index_dropdown, progress_callback, shown_in_place,
                      thumbnail, uploaded_paths)
 from .studio import Studio
 
@@ -105,7 +105,7 @@ def _build_search(studio: Studio) -> gr.Dropdown:
             with gr.Row():
                 build_button = gr.Button("Build / update index", variant="primary", scale=3)
                 cancel_button = gr.Button("Cancel", variant="stop", scale=1, elem_id="cancel-build")
-            build_notes = gr.Markdown(elem_id="build-notes")
+            build_notes = gr.Markdown(elem_id="build-notes", elem_classes=JOB_NOTES)
         with gr.Column(scale=2):
             index_name = index_dropdown(studio, "Index to search", "search-index")
             query = gr.Textbox(label="Text query, any language (combine: `2:red car + sunset - night`)",
@@ -216,7 +216,7 @@ def _build_compare(studio: Studio) -> gr.Dropdown:
                                        value="a dog on the beach\nun chien sur la plage\nein Hund am Strand\n海滩上的狗")
                 k = gr.Slider(1, 24, value=6, step=1, label="Results per language (k)")
                 compare_button = gr.Button("Compare", variant="primary")
-                compare_notes = gr.Markdown(elem_id="compare-notes")
+                compare_notes = gr.Markdown(elem_id="compare-notes", elem_classes=JOB_NOTES)
             with gr.Column(scale=3):
                 compare_gallery = gr.Gallery(label="Top results, one row per language", columns=6, height=460,
                                              elem_id="compare-gallery")

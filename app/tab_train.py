@@ -23,7 +23,7 @@ from engine.train.checkpoints import resumable_runs
 from engine.train.evaluate import comparison_table
 from engine.train.trainer import TrainConfig, train
 
-from .common import MODEL_QUEUE, shown_in_place
+from .common import JOB_NOTES, MODEL_QUEUE, shown_in_place
 from .studio import Studio
 
 DEVICES = ["auto", "cpu", "cuda", "xla", "mps"]
@@ -259,7 +259,7 @@ def build(studio: Studio) -> None:
             with gr.Row():
                 start = gr.Button("Fine-tune", variant="primary")
                 stop = gr.Button("Cancel", variant="stop")
-            status = gr.Markdown(elem_id="train-status")  # the run's progress shows here, beside its buttons
+            status = gr.Markdown(elem_id="train-status", elem_classes=JOB_NOTES)  # the run's progress shows here
             with gr.Row(equal_height=True):
                 # custom values: a run stopped after this page was built is still accepted (resume checks it)
                 runs = gr.Dropdown(run_choices(studio), value=None, scale=3, allow_custom_value=True,

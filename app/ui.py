@@ -19,14 +19,11 @@ CSS = """
 /* as many result columns as fit (a fixed count in a narrow box cut the last ones off at the right) */
 #search-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)) !important; }
 #explore-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(110px, 1fr)) !important; }
-/* a job's progress (or its place in the queue) shows in the notes beside its button, empty (0 px high) until the
-   job ends: room for it */
-:is(#build-notes, #batch-notes, #train-status, #compare-notes):has(> [data-testid="status-tracker"]:not(.hide)) {
-  min-height: 7em; }
-/* …and the count and time (top right, over a narrow box's bar) under the bar */
-:is(#build-notes, #batch-notes, #train-status, #compare-notes) > [data-testid="status-tracker"] { height: 100%; }
-:is(#build-notes, #batch-notes, #train-status, #compare-notes) .meta-text-center {
-  transform: none; top: auto; bottom: 0; }
+/* a job's progress (or its place in the queue) shows in the notes beside its button (JOB_NOTES), empty (0 px
+   high) until the job ends: room for it, and the count and time (top right, over a narrow box's bar) under the bar */
+.job-notes.block:has(> [data-testid="status-tracker"]:not(.hide)) { min-height: 7em; }
+.job-notes.block > [data-testid="status-tracker"] { height: 100%; }
+.job-notes.block .meta-text-center { transform: none; top: auto; bottom: 0; }
 """
 INTRO = ("# SigLIP 2 Studio\nZero-shot labelling, multilingual image search, an embedding explorer and a look "
          "inside Google's SigLIP 2 encoders. Probabilities are SigLIP's sigmoid scores: independent per label.")

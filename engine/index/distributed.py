@@ -137,14 +137,13 @@ def _start_ray(address: str | None, num_cpus: int | None) -> bool:
 
     if ray.is_initialized():
         return False
-    _quiet_ray_console()
+    _quiet_ray_console()  # before ray.init, which logs the token notice (and keeps these handlers)
     if address:  # a cluster: ship this engine to its workers
         ray.init(address=address, runtime_env={"py_modules": [str(PROJECT_ROOT / "engine")]}, log_to_driver=False)
     else:
         path = os.pathsep.join(x for x in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if x)
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}})
-    _quiet_ray_console()
     ray.data.DataContext.get_current().enable_progress_bars = False  # the caller's progress callback reports
     return True
 
