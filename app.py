@@ -72,6 +72,7 @@ def make_studio(args):
 
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks, one line per request
     args = parse_args(argv)
     from app import build_app
     from app.ui import CSS

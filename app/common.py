@@ -16,7 +16,7 @@ import gradio as gr
 
 from engine import StudioError
 from engine.index.build import uploads_folder
-from engine.index.store import CATALOG, list_indexes
+from engine.index.store import CATALOG, list_indexes, unfinished_indexes
 from engine.model.images import open_image
 
 log = logging.getLogger("app")
@@ -74,6 +74,26 @@ def shown_in_place(*outputs: str):
     return wrap
 
 
+def cancel_button(**kwargs) -> gr.Button:
+    """A long job's Cancel: grey and disabled until the job starts (a red button with nothing to stop alarms)."""
+    return gr.Button("Cancel", variant="secondary", interactive=False, **kwargs)
+
+
+def running(yes: bool) -> tuple[gr.Button, gr.Button]:
+    """A long job's button and its Cancel while it runs (yes) or not: one pressable at a time."""
+    return gr.Button(interactive=not yes), gr.Button(variant="stop" if yes else "secondary", interactive=yes)
+
+
+def with_cancel(start: gr.Button, cancel: gr.Button, fn, inputs, outputs, **kwargs):
+    """`start.click` runs `fn` (the event's other arguments in `kwargs`) with `start` disabled and `cancel`
+    red until it ends. In one chain, so that a quick job's end cannot overtake its start. Returns the job's
+    event."""
+    started = start.click(lambda: running(True), None, [start, cancel], api_name=False, queue=False)
+    job = started.then(fn, inputs, outputs, **kwargs)
+    job.then(lambda: running(False), None, [start, cancel], api_name=False, queue=False)
+    return job
+
+
 def progress_callback(progress: gr.Progress, description: str):
     def update(done: int, total: int) -> None:
         progress((done, max(total, 1)), desc=description, unit="images")
@@ -126,18 +146,21 @@ class ImageInput(gr.Image):
 
 
 
-def index_choices(index_dir) -> tuple[list[str], str | None]:
-    """The indexes to choose from, and the most recently changed one (to preselect)."""
-    names = list_indexes(index_dir)
+def index_choices(index_dir) -> tuple[list[tuple[str, str]], str | None]:
+    """The indexes to choose from, as (label, name), an unfinished build's said in its label; and the most
+    recently changed finished one (to preselect; an unfinished one only when no other exists)."""
+    names, unfinished = list_indexes(index_dir), unfinished_indexes(index_dir)
     changed = {name: (Path(index_dir) / name / CATALOG).stat().st_mtime for name in names}
-    return names, max(names, key=changed.get) if names else None
+    finished = [name for name in names if name not in unfinished]
+    choices = [(f"{name} (unfinished build)" if name in unfinished else name, name) for name in names]
+    return choices, max(finished or names, key=changed.get) if names else None
 
 
 def index_dropdown(studio, label: str, elem_id: str) -> gr.Dropdown:
     """A choice of the indexes, the latest changed one preselected; its list is read again when it is opened
     (ui.build_app also fills it afresh at every page load, so indexes built since the app started show)."""
-    names, latest = index_choices(studio.index_dir)
-    dropdown = gr.Dropdown(names, value=latest, label=label, allow_custom_value=True, elem_id=elem_id)
+    choices, latest = index_choices(studio.index_dir)
+    dropdown = gr.Dropdown(choices, value=latest, label=label, allow_custom_value=True, elem_id=elem_id)
     dropdown.focus(lambda: gr.Dropdown(choices=index_choices(studio.index_dir)[0]), None, dropdown,
                    api_name=False, queue=False)
     return dropdown
@@ -145,8 +168,8 @@ def index_dropdown(studio, label: str, elem_id: str) -> gr.Dropdown:
 
 def fresh_index_dropdowns(studio, count: int) -> list[gr.Dropdown]:
     """`count` index dropdowns' updates at a page load: today's indexes, the latest changed one chosen."""
-    names, latest = index_choices(studio.index_dir)
-    return [gr.Dropdown(choices=names, value=latest) for _ in range(count)]
+    choices, latest = index_choices(studio.index_dir)
+    return [gr.Dropdown(choices=choices, value=latest) for _ in range(count)]
 
 
 def path_as_known(index_dir) -> Callable[[str], str]:

@@ -18,7 +18,8 @@ from engine.index.catalog import Catalog
 from engine.index.store import CATALOG, index_path
 from engine.model.text import short_text
 
-from .common import MODEL_QUEUE, gpu, index_dropdown, path_as_known, shown_in_place, thumbnail
+from .common import (MODEL_QUEUE, cancel_button, gpu, index_dropdown, path_as_known,
+                     running, shown_in_place, thumbnail, with_cancel)
 from .studio import Studio
 
 NEAREST_LABEL = "Nearest to the query"
@@ -113,7 +114,7 @@ def build(studio: Studio) -> list[gr.Dropdown]:
                                    label="Most points to draw (random subsample above)")
             with gr.Row():
                 draw = gr.Button("Draw map", variant="primary", scale=3)
-                stop = gr.Button("Cancel", variant="stop", scale=1, elem_id="cancel-map")
+                stop = cancel_button(scale=1, elem_id="cancel-map")
             notes = gr.Markdown(elem_id="explore-notes")
             hovered_image = gr.Image(label="Under the pointer", height=160, interactive=False,
                                      elem_id="explore-hover", show_label=True)
@@ -203,13 +204,14 @@ def build(studio: Studio) -> list[gr.Dropdown]:
         label = f"Most similar to {Path(result.terms[0].value).name}"
         return gr.Gallery([i for i in items if i[0] is not None], label=label), gr.skip()
 
-    event = draw.click(do_explore, [index_name, colour_by, clusters, labels, query, max_points],
-                       [plot, notes, nearest], api_name="explore", concurrency_id=MODEL_QUEUE)
+    event = with_cancel(draw, stop, do_explore, [index_name, colour_by, clusters, labels, query, max_points],
+                        [plot, notes, nearest], api_name="explore", concurrency_id=MODEL_QUEUE)
     event.then(None, None, None, js=PLOT_BRIDGE)
     # a new map (or its error) leaves nothing of the previous one's clicked point, preview or similar images
     event.then(lambda: (None, "", None, "", gr.update(label=NEAREST_LABEL)), None,
                [picked, card, hovered_image, clicked, nearest], api_name=False, queue=False)
-    stop.click(None, None, None, cancels=[event], api_name=False, queue=False)  # frees the UI; a running UMAP ends
+    # frees the UI (a cancelled event has no .then); a running UMAP ends
+    stop.click(lambda: running(False), None, [draw, stop], cancels=[event], api_name=False, queue=False)
     clicked.change(do_pick, [index_name, clicked, query], [picked, card], api_name=False)
     hovered.change(do_hover, [index_name, hovered], hovered_image, api_name=False, queue=False)
     selected.change(do_select, [index_name, selected], [nearest, notes], api_name=False)

@@ -22,7 +22,9 @@ from .studio import ROOT, Studio
 
 EXAMPLES = ROOT / "assets" / "examples"
 EXAMPLE_LABELS = ROOT / "assets" / "labels" / "photos-multilingual.txt"
-# photo, caption, language of its label set (assets/labels/photos-multilingual.txt)
+# a prompt template per language, in that language: "Foto: {}" avoids the grammar a sentence would need
+EXAMPLE_TEMPLATES = ROOT / "assets" / "labels" / "templates-multilingual.txt"
+# photo, caption, language of its label set and template
 EXAMPLE_PHOTOS = [("cat.jpg", "Chelsea the cat · labels in English", "en"),
                   ("coffee.jpg", "coffee · labels in German", "de"),
                   ("astronaut.jpg", "astronaut · labels in French", "fr"),
@@ -62,16 +64,16 @@ def classify_one(studio: Studio, image_path: str | None, label_text: str, templa
     return probabilities, "\n\n".join(x for x in (studio.notes(result.warnings), score_table(result)) if x)
 
 
-def example_label_sets() -> dict[str, str]:
-    """Language code → the example label set in that language."""
-    lines = EXAMPLE_LABELS.read_text(encoding="utf-8").splitlines()
+def by_language(path: Path) -> dict[str, str]:
+    """Language code → its line in `path` (lines "code: text")."""
+    lines = path.read_text(encoding="utf-8").splitlines()
     return dict(line.split(": ", 1) for line in lines if ": " in line)
 
 
 def example_rows() -> list[list[str]]:
-    """[photo path, labels, template] per example, each photo once with labels in its own language."""
-    label_sets = example_label_sets()
-    return [[str(EXAMPLES / name), label_sets[language], DEFAULT_TEMPLATE]
+    """[photo path, labels, template] per example, each photo once with labels and template in one language."""
+    label_sets, templates = by_language(EXAMPLE_LABELS), by_language(EXAMPLE_TEMPLATES)
+    return [[str(EXAMPLES / name), label_sets[language], templates.get(language, DEFAULT_TEMPLATE)]
             for name, _, language in EXAMPLE_PHOTOS if (EXAMPLES / name).exists()]
 
 
@@ -124,7 +126,8 @@ def _build_one(studio: Studio) -> None:
     captions = {name: text for name, text, _ in EXAMPLE_PHOTOS}
     examples = gr.Examples([[row[0], captions[Path(row[0]).name]] for row in rows], [image, caption],
                            cache_examples=False, examples_per_page=len(rows),
-                           label="Examples (public-domain and CC0 photos): click one to label it in its language"
+                           label="Examples (public-domain and CC0 photos): click one to label it in its language "
+                                 "(labels and template)"
                            ) if rows else None
 
     @gpu
@@ -234,7 +237,7 @@ def _build_many(studio: Studio) -> None:
         with gr.Column():
             table = gr.Dataframe(headers=["image", "labels", "top probabilities"], interactive=True,
                                  label="Results (edit the labels column, then export again)", wrap=True,
-                                 column_widths=["38%", "20%", "42%"], elem_id="batch-table")
+                                 column_widths=["30%", "32%", "38%"], elem_id="batch-table")
             export_again = gr.Button("Export the edited labels")
             exports = gr.File(label="Exports: CSV, JSONL, ImageFolder (zip)", file_count="multiple",
                               elem_id="batch-exports")

@@ -10,11 +10,12 @@ import gradio as gr
 from engine import StudioError
 from engine.index.build import BuildSummary, build_index, stage_uploads
 from engine.index.search import QueryTerm, compare_queries, parse_query, search, similar_images
-from engine.index.store import index_path, list_indexes
+from engine.index.store import index_path
 from engine.model.text import short_text
 
-from .common import (JOB_NOTES, MODEL_QUEUE, SERVE, ImageInput, gpu, index_dropdown, progress_callback, shown_in_place,
-                     thumbnail, uploaded_paths)
+from .common import (JOB_NOTES, MODEL_QUEUE, SERVE, ImageInput, cancel_button, gpu,
+                     index_choices, index_dropdown, progress_callback, shown_in_place, thumbnail, uploaded_paths,
+                     with_cancel)
 from .studio import Studio
 
 
@@ -92,7 +93,9 @@ def build_cancellably(studio: Studio, name: str, source: Path, report) -> BuildS
 
 def build(studio: Studio) -> list[gr.Dropdown]:
     """The tab; returns its index dropdowns (filled afresh at each page load)."""
-    return [_build_search(studio), _build_compare(studio)]
+    search_index, compare_index = _build_search(studio), _build_compare(studio)
+    search_index.change(lambda name: name, search_index, compare_index, api_name=False, queue=False)  # follows it
+    return [search_index, compare_index]
 
 
 def _build_search(studio: Studio) -> gr.Dropdown:
@@ -104,7 +107,7 @@ def _build_search(studio: Studio) -> gr.Dropdown:
             folder = gr.Textbox(label="…or a folder on the server (inside the allowed roots)")
             with gr.Row():
                 build_button = gr.Button("Build / update index", variant="primary", scale=3)
-                cancel_button = gr.Button("Cancel", variant="stop", scale=1, elem_id="cancel-build")
+                cancel = cancel_button(scale=1, elem_id="cancel-build")
             build_notes = gr.Markdown(elem_id="build-notes", elem_classes=JOB_NOTES)
         with gr.Column(scale=2):
             index_name = index_dropdown(studio, "Index to search", "search-index")
@@ -149,7 +152,7 @@ def _build_search(studio: Studio) -> gr.Dropdown:
             raise StudioError("Upload images or give a server folder to index.")
         summary = build_cancellably(studio, name, source, progress_callback(progress, "indexing"))
         return "\n\n".join(x for x in (build_summary_text(summary, renamed), studio.notes()) if x), gr.Dropdown(
-            choices=list_indexes(studio.index_dir), value=name)
+            choices=index_choices(studio.index_dir)[0], value=name)
 
     def _run(name: str, terms, n: int, cut: float, path_part: str):
         with studio.job("searching") as model, studio.open_index(name) as index:
@@ -189,14 +192,15 @@ def _build_search(studio: Studio) -> gr.Dropdown:
         with studio.job("searching") as model, studio.open_index(name) as index:
             return shown(similar_images(index, model, int(image_id), k=int(n)), name)
 
-    cancel_button.click(lambda name: studio.cancel(f"build {(name or '').strip()}"), new_name, None,
-                        api_name=False, queue=False)
-    build_button.click(do_build, [new_name, files, folder], [build_notes, index_name], api_name="build_index",
-                       concurrency_id=MODEL_QUEUE, show_progress_on=build_notes)  # beside its button
+    cancel.click(lambda name: studio.cancel(f"build {(name or '').strip()}"), new_name, None,
+                 api_name=False, queue=False)
+    with_cancel(build_button, cancel, do_build, [new_name, files, folder], [build_notes, index_name],
+                api_name="build_index", concurrency_id=MODEL_QUEUE, show_progress_on=build_notes)  # beside its button
     text_inputs = [index_name, query, k, min_score, path_filter]
     results = [gallery, search_notes, shown_ids]
-    unselect = {"fn": lambda: (None, "Select a result to find images like it."), "inputs": None,
-                "outputs": [selected_id, selection_note], "api_name": False, "queue": False}
+    # after new results nothing is selected; an open preview would show whichever result took its place: closed
+    unselect = {"fn": lambda: (None, "Select a result to find images like it.", gr.Gallery(selected_index=None)),
+                "inputs": None, "outputs": [selected_id, selection_note, gallery], "api_name": False, "queue": False}
     text_button.click(do_search_text, text_inputs, results, api_name="search_text", **SERVE).then(**unselect)
     query.submit(do_search_text, text_inputs, results, api_name=False, **SERVE).then(**unselect)
     image_button.click(do_search_image, [index_name, query_image, image_weight, query, k, min_score, path_filter],
@@ -221,9 +225,9 @@ def _build_compare(studio: Studio) -> gr.Dropdown:
                 compare_gallery = gr.Gallery(label="Top results, one row per language", columns=6, height=460,
                                              elem_id="compare-gallery")
                 overlap_table = gr.Dataframe(label="Overlap of the top-k between languages (shared results / k)",
-                                             headers=["query"], interactive=False)
+                                             headers=["query"], interactive=False, wrap=True)
                 compare_table = gr.Dataframe(label="Top results per language (file names)", headers=["rank"],
-                                             interactive=False)
+                                             interactive=False, wrap=True)  # a long name wraps, not cut
 
     @gpu
     @shown_in_place("clear", "clear", "clear", "notes")
@@ -243,7 +247,7 @@ def _build_compare(studio: Studio) -> gr.Dropdown:
             thumbnails += [item for item in row if item[0] is not None]
         return (gr.Gallery(thumbnails, columns=max(depth, 1)), gr.Dataframe(overlap, headers=["query"] + headers),
                 gr.Dataframe(rows, headers=["rank"] + headers),
-                studio.notes([w for result in comparison.results for w in result.warnings]))
+                studio.notes(list(dict.fromkeys(w for result in comparison.results for w in result.warnings))))
 
     compare_button.click(do_compare, [index_name, languages, k],
                          [compare_gallery, overlap_table, compare_table, compare_notes],

@@ -23,7 +23,7 @@ from engine.train.checkpoints import resumable_runs
 from engine.train.evaluate import comparison_table
 from engine.train.trainer import TrainConfig, train
 
-from .common import JOB_NOTES, MODEL_QUEUE, shown_in_place
+from .common import JOB_NOTES, MODEL_QUEUE, cancel_button, shown_in_place, with_cancel
 from .studio import Studio
 
 DEVICES = ["auto", "cpu", "cuda", "xla", "mps"]
@@ -258,7 +258,7 @@ def build(studio: Studio) -> None:
             device = gr.Dropdown(DEVICES, value="auto", label="Device")
             with gr.Row():
                 start = gr.Button("Fine-tune", variant="primary")
-                stop = gr.Button("Cancel", variant="stop")
+                stop = cancel_button()
             status = gr.Markdown(elem_id="train-status", elem_classes=JOB_NOTES)  # the run's progress shows here
             with gr.Row(equal_height=True):
                 # custom values: a run stopped after this page was built is still accepted (resume checks it)
@@ -299,9 +299,9 @@ def build(studio: Studio) -> None:
 
     for trigger, handler, inputs, api_name in ((start, do_train, [folder, upload, mode, epochs, batch_size, lr, device],
                                                 "fine_tune"), (resume, do_resume, [runs], "resume_fine_tune")):
-        trigger.click(handler, inputs, [chart, status, report, out_folder], api_name=api_name,
-                      concurrency_id=MODEL_QUEUE, show_progress_on=status).then(refresh_runs, None, runs,
-                                                                               api_name=False, queue=False)
+        with_cancel(trigger, stop, handler, inputs, [chart, status, report, out_folder], api_name=api_name,
+                    concurrency_id=MODEL_QUEUE, show_progress_on=status).then(refresh_runs, None, runs,
+                                                                              api_name=False, queue=False)
     runs.focus(refresh_runs, runs, runs, api_name=False, queue=False)
     stop.click(lambda: cancel.set(), None, None, queue=False)
     load.click(do_load, out_folder, loaded, concurrency_id=MODEL_QUEUE)

@@ -277,6 +277,7 @@ def test_sequence_length_setting(client):
 
 
 def test_cancelled_build_keeps_what_it_stored(naflex_model, tmp_path):
+    from app.common import index_choices
     from app.studio import Studio
     from app.tab_search import build_cancellably
     from engine import StudioError
@@ -286,6 +287,8 @@ def test_cancelled_build_keeps_what_it_stored(naflex_model, tmp_path):
     studio = Studio(index_dir=tmp_path / "indexes", allowed_roots=[tmp_path])
     studio.model = naflex_model
     make_folder(tmp_path / "photos", count=40)
+    make_folder(tmp_path / "older", count=2)
+    build_cancellably(studio, "older", tmp_path / "older", lambda done, total: None)
 
     def press_cancel_at_file_35(done: int, total: int) -> None:
         if done == 35:
@@ -297,8 +300,11 @@ def test_cancelled_build_keeps_what_it_stored(naflex_model, tmp_path):
         stored = index.info().images
     assert stored == 32  # the batch of 32 committed before the cancel is kept, the rest was never stored
     assert not studio.running_jobs  # the model is free again
+    # a fresh page lists it as unfinished and chooses the latest finished index, not the cut one
+    assert index_choices(studio.index_dir) == ([("older", "older"), ("trip (unfinished build)", "trip")], "older")
     summary = build_cancellably(studio, "trip", tmp_path / "photos", lambda done, total: None)
     assert summary.encoded == 40 - stored and summary.images == 40
+    assert index_choices(studio.index_dir) == ([("older", "older"), ("trip", "trip")], "trip")
 
 
 @pytest.mark.parametrize("deployment", [None, "7"])

@@ -88,8 +88,10 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         assert page.get_by_text("Dropdown", exact=True).count() == 0  # no stray, unlabelled component
         page.get_by_label("Index name").fill("holiday")
         page.get_by_label("…or a folder on the server (inside the allowed roots)").last.fill(str(root / "photos"))
+        assert page.locator("#cancel-build").is_disabled()  # nothing to cancel yet
         page.get_by_role("button", name="Build / update index").click()
         page.locator("#build-notes").get_by_text("6 encoded", exact=False).wait_for(timeout=120_000)
+        page.wait_for_function("() => document.querySelector('#cancel-build').disabled", timeout=30_000)  # ended
         page.locator("#search-index input").fill("holiday")
         page.locator("#search-query textarea, #search-query input").first.fill("ein Hund am Strand")
         page.get_by_role("button", name="Search by text").click()
@@ -111,13 +113,17 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         page.locator("#search-gallery img").first.click()
         first_name = first_caption.split("\n")[0].strip()
         page.locator("#search-selection").get_by_text(f"Selected: {first_name}").wait_for(timeout=30_000)
+        assert page.locator("#search-gallery .preview").count() == 1  # the click opened the result's preview
         page.get_by_role("button", name="Find similar to the selected result").click()
         page.locator("#search-notes").get_by_text(f"image {first_name}", exact=False).wait_for(timeout=60_000)
+        page.wait_for_timeout(500)  # new results close it (it showed whichever result took the photo's place)
+        assert page.locator("#search-gallery .preview").count() == 0
         page.screenshot(path=str(SHOTS / "similar.png"), full_page=True)
 
         # Compare languages: thumbnails, one row per language
-        page.get_by_text("Compare languages").click()
-        page.locator("#compare-index input").fill("holiday")
+        page.get_by_text("Compare languages").click()  # the index just built, chosen for searching, and comparing
+        page.wait_for_function("() => document.querySelector('#compare-index input')?.value === 'holiday'",
+                               timeout=30_000)
         page.get_by_role("button", name="Compare", exact=True).click()
         page.locator("#compare-gallery img").first.wait_for(timeout=60_000)
         page.locator("#compare-gallery").scroll_into_view_if_needed()

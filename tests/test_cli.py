@@ -71,7 +71,10 @@ def test_index_commands(tmp_path, naflex_dir, image_files):
                               index_dir).stdout)["hits"]
     assert len(hits) == 3 and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     assert set(hits[0]) >= {"path", "score", "probability"}
+    listed = run_cli("index", "list", "--index-dir", index_dir).stdout.splitlines()
+    assert len(listed) == 1 and listed[0].startswith("mine\t6 images\t6 files\t") and "unfinished" not in listed[0]
     info = json.loads(run_cli("index", "info", "mine", "--json", "--index-dir", index_dir).stdout)
+    assert info["finished"] is True
     assert info["images"] == 6 and info["index_type"] == "Flat" and info["skipped_files"][0][0].endswith("bad.jpg")
     run_cli("index", "export", "mine", "--out", tmp_path / "out", "--index-dir", index_dir)
     vectors = np.load(tmp_path / "out" / "embeddings.npy")

@@ -5,7 +5,8 @@ import shutil
 import pytest
 
 from app.studio import Studio
-from app.tab_label import cache_examples, classify_one, example_result, example_rows
+from app.tab_label import (DEFAULT_TEMPLATE, EXAMPLE_LABELS, EXAMPLE_PHOTOS, EXAMPLE_TEMPLATES, by_language,
+                           cache_examples, classify_one, example_result, example_rows)
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -34,3 +35,12 @@ def test_example_results_are_cached_per_model(tmp_path):
     assert studio.example_results == {}
     switched = example_result(studio, image, labels, template)
     assert switched[0].keys() == cached[0].keys() and switched[0] != cached[0]
+
+
+def test_each_example_is_labelled_in_its_own_language_template_included():
+    label_sets, templates = by_language(EXAMPLE_LABELS), by_language(EXAMPLE_TEMPLATES)
+    assert set(templates) == set(label_sets) and all("{}" in t for t in templates.values())
+    rows = {row[1]: row[2] for row in example_rows()}  # labels → template
+    for _, _, language in EXAMPLE_PHOTOS:
+        assert rows[label_sets[language]] == templates[language]
+        assert (templates[language] == DEFAULT_TEMPLATE) == (language == "en")  # an Arabic row was in English

@@ -146,6 +146,48 @@ def test_query_parsing_errors():
     with pytest.raises(QueryError, match="positive"):
         parse_query("-1:cat")
     assert [(t.weight, t.value) for t in parse_query("0.5:sea + sky - clouds")] == [(0.5, "sea"), (1.0, "sky"), (-1.0, "clouds")]
+    with pytest.raises(QueryError, match="only signs"):  # typed signs are not searched as text
+        parse_query("2:red car + + - ::")
+    with pytest.raises(QueryError, match="Two signs in a row before “b”"):
+        parse_query("a + + b")
+    assert [(t.weight, t.value) for t in parse_query("- night + city")] == [(-1.0, "night"), (1.0, "city")]
+    assert [t.value for t in parse_query("🐶")] == ["🐶"]  # not a sign: searched
+
+
+def test_a_stopped_build_says_so_until_a_build_ends(naflex_model, tmp_path):
+    from engine.index.search import similar_images
+    from engine.index.store import unfinished_indexes
+
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    make_folder(folder, count=10)
+
+    def stop_at(file_number):
+        def progress(done, total):
+            if done == file_number:
+                raise KeyboardInterrupt
+
+        return progress
+
+    with pytest.raises(KeyboardInterrupt):  # stopped before a single file was stored: no empty index is left
+        build_index(naflex_model, folder, "trip", index_dir, batch_size=4, progress=stop_at(1))
+    assert list_indexes(index_dir) == []
+    with pytest.raises(KeyboardInterrupt):
+        build_index(naflex_model, folder, "trip", index_dir, batch_size=4, progress=stop_at(6))
+    assert unfinished_indexes(index_dir) == {"trip"}
+    with ImageIndex.open("trip", index_dir) as index:
+        assert index.info().finished is False and 0 < index.info().files < 10
+        warned = search(index, naflex_model, "a photo", k=3).warnings
+        assert [w for w in warned if "last build has not finished" in w]
+        assert similar_images(index, naflex_model, search(index, naflex_model, "x", k=1).hits[0].image_id).warnings
+    build_index(naflex_model, folder, "trip", index_dir)  # goes on and ends
+    assert unfinished_indexes(index_dir) == set()
+    with ImageIndex.open("trip", index_dir) as index:
+        assert index.info().finished and index.info().files == 10
+        assert not search(index, naflex_model, "a photo", k=3).warnings
+    with pytest.raises(KeyboardInterrupt):  # an existing index stopped at once is kept, as unfinished
+        make_folder(folder, count=2, start=40)
+        build_index(naflex_model, folder, "trip", index_dir, progress=stop_at(1))
+    assert list_indexes(index_dir) == ["trip"] and unfinished_indexes(index_dir) == {"trip"}
 
 
 def test_bad_files_skipped_with_reasons(naflex_model, tmp_path):

@@ -1,4 +1,4 @@
-"""`python -m engine index build|info|export|remove` and `python -m engine search`."""
+"""`python -m engine index build|list|info|export|remove` and `python -m engine search`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ..errors import IndexStoreError
 from ..index.build import BuildSummary, build_index, folder_to_index
 from ..index.export import FORMATS, export_index
 from ..index.search import search
-from ..index.store import ImageIndex, index_exists, index_path, remove_index
+from ..index.store import ImageIndex, index_exists, index_path, list_indexes, remove_index
 from ..model.registry import DEFAULT_MODEL
 from .common import add_model_options, load_from_args, progress_bar, warn_all
 
@@ -96,6 +96,23 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_list(args) -> int:
+    names = list_indexes(args.index_dir)
+    if not names:
+        print(f"no indexes in {index_path('x', args.index_dir).parent}")
+    for name in names:
+        try:
+            with ImageIndex.open(name, args.index_dir) as index:
+                info = index.info()
+        except IndexStoreError as error:  # one unreadable index does not hide the others
+            print(f"{name}\t{error}")
+            continue
+        state = "" if info.finished else "\tunfinished build: run the build again to go on"
+        print(f"{name}\t{info.images} images\t{info.files} files\t{info.model} ({info.precision})\t"
+              f"{info.index_type}{state}")
+    return 0
+
+
 def cmd_info(args) -> int:
     with ImageIndex.open(args.name, args.index_dir) as index:
         info = index.info()
@@ -154,6 +171,10 @@ def add_commands(commands) -> None:
     ingest.add_argument("shards", help="folder of .parquet shards")
     _index_options(ingest)  # --model: create the index if it does not exist
     ingest.set_defaults(func=cmd_ingest)
+
+    listing = verbs.add_parser("list", help="the indexes, with their size, model and state")
+    _index_options(listing, with_model=False)
+    listing.set_defaults(func=cmd_list)
 
     info = verbs.add_parser("info", help="what an index holds")
     info.add_argument("name")

@@ -16,7 +16,9 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +34,7 @@ from ..model.images import IMAGE_EXTENSIONS, FileState, decode_image_bytes, read
 from ..model.loading import LoadedModel
 from ..model.preprocess import PreparedImage
 from .catalog import Catalog, FileRecord, NewImage
-from .store import CATALOG, ImageIndex, default_index_dir, index_path
+from .store import CATALOG, ImageIndex, default_index_dir, index_exists, index_path, remove_index
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +283,27 @@ class FolderBuild:
             self.last_save = time.monotonic()
 
 
+@contextmanager
+def building(name: str, model: LoadedModel, index_dir: str | Path | None = None, factory: str | None = None,
+             mixed_precision: bool = False) -> Iterator[ImageIndex]:
+    """`ImageIndex.create` for a build: the index says it is unfinished until the build ends; a new index that
+    a failed or cancelled build left without a single file is removed (no empty name left in the lists)."""
+    new = not index_exists(name, index_dir)
+    index = ImageIndex.create(name, model, index_dir, factory=factory, mixed_precision=mixed_precision)
+    try:
+        index.mark_finished(False)
+        yield index
+        index.mark_finished(True)
+    except BaseException:
+        empty = new and index.catalog.count_files() == 0 and not index.catalog.skipped()
+        index.close()
+        if empty:
+            remove_index(name, index_dir)
+        raise
+    finally:
+        index.close()
+
+
 def folder_to_index(folder: str | Path) -> Path:
     """`folder` as an absolute path, or IndexStoreError when it is not a folder."""
     root = Path(folder).expanduser()
@@ -309,7 +332,7 @@ def build_index(
     start = time.perf_counter()
     root = folder_to_index(folder)
     summary = BuildSummary(name=name, folder=str(root))
-    with ImageIndex.create(name, model, index_dir, factory=factory, mixed_precision=mixed_precision) as index:
+    with building(name, model, index_dir, factory, mixed_precision) as index:
         decoder = device_decoder(model.device, model.image_preprocessor) if device_decode else None
         build = FolderBuild(model, index, root, summary, batch_size, save_every_seconds, decoder)
         build.run(build.plan(), progress, workers)

@@ -26,9 +26,9 @@ from ..model.images import decode_image_bytes, read_file_bytes
 from ..model.loading import LoadedModel, load_model
 from ..model.openvino_int8 import OPENVINO_INT8
 from ..model.preprocess import ImagePreprocessor
-from .build import BuildSummary, FolderBuild, folder_to_index
+from .build import BuildSummary, FolderBuild, building, folder_to_index
 from .shards import ShardRows, ingest_shards, shard_files, write_shard, written_paths
-from .store import ImageIndex, model_fingerprint
+from .store import model_fingerprint
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHARDS, INGESTED = "shards", "ingested"
@@ -235,7 +235,7 @@ def build_index_on_ray(
     start = time.perf_counter()
     root = folder_to_index(folder)
     summary = DistributedBuildSummary(name=name, folder=str(root), address=address or "local")
-    with ImageIndex.create(name, model, index_dir, factory=factory) as index:
+    with building(name, model, index_dir, factory) as index:
         shards_dir, ingested_dir = index.path / SHARDS, index.path / SHARDS / INGESTED
         ingested_dir.mkdir(parents=True, exist_ok=True)
         todo = FolderBuild(model, index, root, summary, batch_size, float("inf")).plan()

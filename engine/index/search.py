@@ -25,6 +25,9 @@ from ..paths import AllowedRoots
 from .store import ImageIndex
 
 _SPLIT = re.compile(r"\s+([+-])\s+")
+_LEADING_SIGN = re.compile(r"^([+-])\s+")
+_SIGNS_ONLY = re.compile(r"^[\s+\-:;,.]+$")  # a slip of the keyboard, not something to search for
+_EXAMPLE = "`2:red car + sunset - night`"
 _WEIGHT = re.compile(r"^(-?\d+(?:\.\d+)?)\s*:\s*(.+)$")
 
 
@@ -56,6 +59,12 @@ def _term(sign: str, raw: str, readable: AllowedRoots | None) -> QueryTerm:
         weight, raw = float(match.group(1)), match.group(2).strip()
     if not raw:
         raise QueryError("Empty term in query: write e.g. `2:red car + ./photo.jpg - night`.")
+    if _LEADING_SIGN.match(raw):
+        raise QueryError(f"Two signs in a row before “{short_text(raw[1:].strip())}”: join terms with one ` + ` "
+                         f"or ` - `, e.g. {_EXAMPLE}.")
+    if _SIGNS_ONLY.match(raw):
+        raise QueryError(f"“{short_text(raw)}” is not a term, only signs: join terms with ` + ` or ` - `, "
+                         f"e.g. {_EXAMPLE}.")
     kind = "image" if _is_readable_image(raw, readable) else "text"
     return QueryTerm(-weight if sign == "-" else weight, kind, raw)
 
@@ -66,8 +75,12 @@ def parse_query(query: str, readable: AllowedRoots | None = None) -> list[QueryT
     query = (query or "").strip()
     if not query:
         raise QueryError("Empty query: type what to look for, or give an example image.")
+    first_sign = "+"
+    leading = _LEADING_SIGN.match(query)  # "- night + city": the first term may carry a sign too
+    if leading:
+        first_sign, query = leading.group(1), query[leading.end():]
     parts = _SPLIT.split(query)
-    terms = [_term("+", parts[0], readable)]
+    terms = [_term(first_sign, parts[0], readable)]
     terms += [_term(sign, raw, readable) for sign, raw in zip(parts[1::2], parts[2::2])]
     if all(t.weight <= 0 for t in terms):
         raise QueryError("A query needs at least one positive term.")
@@ -149,12 +162,20 @@ def search(index: ImageIndex, model: LoadedModel, query: str | Image.Image | lis
         index.check_image_setting(model)  # image queries must be encoded as the index's images were
     embedded = embed_query(model, query, readable)
     hits = _nearest(index, model, embedded.vector, k, min_score, path_contains)
-    warnings = list(embedded.warnings)
+    warnings = list(embedded.warnings) + unfinished_warning(index)
     if not hits and path_contains and not len(index.ids_matching_path(path_contains)):
         warnings.append(f"no stored file's path contains “{short_text(path_contains)}”")
     elif not hits and min_score is not None and index.index.ntotal:
         warnings.append(f"no result scored at least the minimum cosine score, {min_score:g}")
     return SearchResult(label, hits, embedded.terms, warnings, model.untrained)
+
+
+def unfinished_warning(index: ImageIndex) -> list[str]:
+    """A search in an index whose last build stopped early finds only what that build stored."""
+    if index.finished:
+        return []
+    return [f"index {index.path.name!r}: its last build has not finished (it was stopped, or is still running); "
+            f"it holds {index.catalog.count_files()} files so far. Build it again to go on from there."]
 
 
 def _nearest(index: ImageIndex, model: LoadedModel, vector: np.ndarray, k: int, min_score: float | None = None,
@@ -189,7 +210,7 @@ def similar_images(index: ImageIndex, model: LoadedModel, image_id: int, k: int 
     vector = index.catalog.embeddings_for([image_id], index.dim)[0]
     hits = _nearest(index, model, vector, k, exclude=image_id)
     return SearchResult(f"like {Path(record.paths[0]).name}", hits, [QueryTerm(1.0, "image", record.paths[0])],
-                        [], model.untrained)
+                        unfinished_warning(index), model.untrained)
 
 
 @dataclass

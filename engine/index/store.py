@@ -44,6 +44,7 @@ _READ_CACHE_SIZE = 4
 _read_cache_lock = threading.Lock()
 
 FINGERPRINT_TEXT = "siglip 2 studio index fingerprint"
+BUILD_FINISHED = "build_finished"  # meta key: the last build ran to its end
 LEGACY_PRECISION = "fp32"  # indexes written before precisions were recorded were all built in fp32
 
 
@@ -103,6 +104,7 @@ class IndexInfo:
     untrained: bool  # built with a generated, random-weight model
     created_at: float
     precision: str = LEGACY_PRECISION  # of the model that built it: fp32, bf16, fp16, int8, or "mixed (…)"
+    finished: bool = True  # False while a build runs, and after one that was cancelled, failed or killed
 
 
 class ImageIndex:
@@ -441,12 +443,32 @@ class ImageIndex:
             images=self.catalog.count_images(), files=self.catalog.count_files(),
             skipped=len(self.catalog.skipped()), version=self.catalog.version,
             schema_version=meta["schema_version"], untrained=bool(meta.get("untrained", meta.get("untrained_model"))),
-            created_at=meta["created_at"], precision=self.precision)
+            created_at=meta["created_at"], precision=self.precision, finished=self.finished)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.meta.get(BUILD_FINISHED, True))  # indexes from before the flag: finished
+
+    def mark_finished(self, finished: bool) -> None:
+        self._set_meta(**{BUILD_FINISHED: finished})
 
 
 def list_indexes(index_dir=None) -> list[str]:
     root = Path(index_dir or default_index_dir())
     return sorted(p.name for p in root.iterdir() if (p / CATALOG).exists()) if root.exists() else []
+
+
+def unfinished_indexes(index_dir=None) -> set[str]:
+    """The indexes whose last build has not run to its end (cancelled, failed, killed, or running now)."""
+    unfinished = set()
+    for name in list_indexes(index_dir):
+        catalog = Catalog(index_path(name, index_dir) / CATALOG, readonly=True)
+        try:
+            if not catalog.get_meta().get(BUILD_FINISHED, True):
+                unfinished.add(name)
+        finally:
+            catalog.close()
+    return unfinished
 
 
 def remove_index(name: str, index_dir=None) -> None:
