@@ -10,7 +10,7 @@ from ..errors import IndexStoreError
 from ..index.build import BuildSummary, build_index, folder_to_index
 from ..index.export import FORMATS, export_index
 from ..index.search import search
-from ..index.store import ImageIndex, index_exists, index_path, list_indexes, remove_index
+from ..index.store import ImageIndex, default_index_dir, index_exists, index_path, list_indexes, remove_index
 from ..model.registry import DEFAULT_MODEL
 from .common import add_model_options, load_from_args, progress_bar, warn_all
 
@@ -99,7 +99,7 @@ def cmd_search(args) -> int:
 def cmd_list(args) -> int:
     names = list_indexes(args.index_dir)
     if not names:
-        print(f"no indexes in {index_path('x', args.index_dir).parent}")
+        print(f"no indexes in {Path(args.index_dir or default_index_dir())}")
     for name in names:
         try:
             with ImageIndex.open(name, args.index_dir) as index:

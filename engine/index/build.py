@@ -290,18 +290,18 @@ def building(name: str, model: LoadedModel, index_dir: str | Path | None = None,
     a failed or cancelled build left without a single file is removed (no empty name left in the lists)."""
     new = not index_exists(name, index_dir)
     index = ImageIndex.create(name, model, index_dir, factory=factory, mixed_precision=mixed_precision)
+    empty = False
     try:
         index.mark_finished(False)
         yield index
         index.mark_finished(True)
     except BaseException:
         empty = new and index.catalog.count_files() == 0 and not index.catalog.skipped()
-        index.close()
-        if empty:
-            remove_index(name, index_dir)
         raise
     finally:
-        index.close()
+        index.close()  # before removing: removal takes the index's lock
+        if empty:
+            remove_index(name, index_dir)
 
 
 def folder_to_index(folder: str | Path) -> Path:

@@ -447,7 +447,7 @@ class ImageIndex:
 
     @property
     def finished(self) -> bool:
-        return bool(self.meta.get(BUILD_FINISHED, True))  # indexes from before the flag: finished
+        return build_finished(self.meta)
 
     def mark_finished(self, finished: bool) -> None:
         self._set_meta(**{BUILD_FINISHED: finished})
@@ -458,13 +458,18 @@ def list_indexes(index_dir=None) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / CATALOG).exists()) if root.exists() else []
 
 
+def build_finished(meta: dict) -> bool:
+    """Whether an index's last build ran to its end, from its meta (indexes from before the flag: finished)."""
+    return bool(meta.get(BUILD_FINISHED, True))
+
+
 def unfinished_indexes(index_dir=None) -> set[str]:
     """The indexes whose last build has not run to its end (cancelled, failed, killed, or running now)."""
     unfinished = set()
     for name in list_indexes(index_dir):
         catalog = Catalog(index_path(name, index_dir) / CATALOG, readonly=True)
         try:
-            if not catalog.get_meta().get(BUILD_FINISHED, True):
+            if not build_finished(catalog.get_meta()):
                 unfinished.add(name)
         finally:
             catalog.close()
