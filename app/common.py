@@ -16,7 +16,7 @@ import gradio as gr
 
 from engine import StudioError
 from engine.index.build import uploads_folder
-from engine.index.store import CATALOG, list_indexes, unfinished_indexes
+from engine.index.store import index_entries, indexes_of_other_models
 from engine.model.images import open_image
 
 log = logging.getLogger("app")
@@ -35,11 +35,16 @@ SERVE = {"concurrency_id": "serve", "concurrency_limit": 16}
 JOB_NOTES = "job-notes"  # the class of the notes under a long job's button, where its progress shows (ui.CSS)
 
 
+class InputMissing(StudioError):
+    """A request that lacks an input another result did not need: nothing ran, so what is shown stays."""
+
+
 def shown_in_place(*outputs: str):
     """Errors meant for users replace the event's result where it is shown, instead of a toast over a stale one.
 
     One word per output of the event: "clear" (emptied), "keep" (left as it is) or "notes" (the message,
-    "⛔ ..."). Anything else is logged with its stack trace and worded without it.
+    "⛔ ..."); an InputMissing error keeps every result. Anything else is logged with its stack trace and worded
+    without it.
     """
 
     def wrap(fn):
@@ -49,7 +54,9 @@ def shown_in_place(*outputs: str):
             else:  # logged with its trace, worded for the user
                 log.exception("unexpected error in %s", fn.__name__, exc_info=error)
                 message = f"Unexpected error ({type(error).__name__}); details are in the server log."
-            values = tuple(f"⛔ {message}" if o == "notes" else None if o == "clear" else gr.skip() for o in outputs)
+            kept = isinstance(error, InputMissing)
+            values = tuple(f"⛔ {message}" if o == "notes" else None if o == "clear" and not kept else gr.skip()
+                           for o in outputs)
             return values if len(values) > 1 else values[0]
 
         if inspect.isgeneratorfunction(fn):  # a streaming handler: its error ends the stream in place
@@ -84,11 +91,12 @@ def running(yes: bool) -> tuple[gr.Button, gr.Button]:
     return gr.Button(interactive=not yes), gr.Button(variant="stop" if yes else "secondary", interactive=yes)
 
 
-def with_cancel(start: gr.Button, cancel: gr.Button, fn, inputs, outputs, **kwargs):
+def with_cancel(start: gr.Button, cancel: gr.Button, fn, inputs, outputs, emptied=(), **kwargs):
     """`start.click` runs `fn` (the event's other arguments in `kwargs`) with `start` disabled and `cancel`
-    red until it ends. In one chain, so that a quick job's end cannot overtake its start. Returns the job's
-    event."""
-    started = start.click(lambda: running(True), None, [start, cancel], api_name=False, queue=False)
+    red until it ends, `emptied` (the last run's notes, where this one's progress shows) emptied first. In one
+    chain, so that a quick job's end cannot overtake its start. Returns the job's event."""
+    started = start.click(lambda: (*running(True), *[None] * len(emptied)), None, [start, cancel, *emptied],
+                          api_name=False, queue=False)
     job = started.then(fn, inputs, outputs, **kwargs)
     job.then(lambda: running(False), None, [start, cancel], api_name=False, queue=False)
     return job
@@ -147,13 +155,26 @@ class ImageInput(gr.Image):
 
 
 def index_choices(index_dir) -> tuple[list[tuple[str, str]], str | None]:
-    """The indexes to choose from, as (label, name), an unfinished build's said in its label; and the most
-    recently changed finished one (to preselect; an unfinished one only when no other exists)."""
-    names, unfinished = list_indexes(index_dir), unfinished_indexes(index_dir)
-    changed = {name: (Path(index_dir) / name / CATALOG).stat().st_mtime for name in names}
-    finished = [name for name in names if name not in unfinished]
-    choices = [(f"{name} (unfinished build)" if name in unfinished else name, name) for name in names]
-    return choices, max(finished or names, key=changed.get) if names else None
+    """The indexes to choose from, as (label, name), oldest first, an unfinished build's said in its label; and
+    the most recently changed finished one (to preselect; an unfinished one only when no other exists).
+    Oldest first because Gradio leaves an open list's tick at its row when the list is refreshed: a new index
+    sorted in above the chosen one moved the tick onto another index."""
+    entries = index_entries(index_dir)
+    choices = [(entry.name if entry.finished else f"{entry.name} (unfinished build)", entry.name) for entry in entries]
+    latest = max([e for e in entries if e.finished] or entries, key=lambda e: e.changed_at, default=None)
+    return choices, latest.name if latest else None
+
+
+def other_model_indexes_note(studio, shown: int = 5) -> str:
+    """After a load: the indexes the loaded model cannot search, and the model each needs."""
+    entries = indexes_of_other_models(studio.model, studio.index_dir)
+    if not entries:
+        return ""
+    named = ", ".join(f"{entry.name} (built with {entry.meta.get('model', '?')})" for entry in entries[:shown])
+    more = f" and {len(entries) - shown} more" if len(entries) > shown else ""
+    return (f"{len(entries)} index{'es' if len(entries) > 1 else ''} here need{'' if len(entries) > 1 else 's'} "
+            f"another model to be searched: {named}{more}. Load that model to search them, or build them again "
+            "with this one.")
 
 
 def index_dropdown(studio, label: str, elem_id: str) -> gr.Dropdown:

@@ -3,6 +3,7 @@ zero-shot label, with a text query placed on the map and thumbnails on click."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,7 +51,7 @@ PLOT_BRIDGE = """
     });
     plot.on('plotly_selected', (event) => {
       const ids = event && event.points ? event.points.map(idOf).filter((id) => id !== '-1') : [];
-      send('explore-selected', ids.join(','));
+      send('explore-selected', ids.length ? ids.join(',') : 'none');
     });
   };
   attach();
@@ -85,7 +86,10 @@ def figure(explored: ExploreMap, shown_path: Callable[[str], str] = str) -> go.F
                                    text=[short_text(query_text, 40)], textposition="top center", customdata=[[-1]],
                                    marker={"size": 18, "symbol": "star", "color": "black"}))
     fig.update_layout(height=560, margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"title": "colour"},
-                      xaxis={"visible": False}, yaxis={"visible": False}, dragmode="lasso", hovermode="closest")
+                      xaxis={"visible": False}, yaxis={"visible": False}, dragmode="lasso", hovermode="closest",
+                      # a map drawn again is a new figure: the page redraws it (the same one was left as it was,
+                      # with the last lasso still on it)
+                      selections=[], uirevision=uuid.uuid4().hex)
     return fig
 
 
@@ -182,10 +186,13 @@ def build(studio: Studio) -> list[gr.Dropdown]:
 
     @shown_in_place("keep", "notes")
     def do_select(name: str, id_list: str):
-        ids = [point_id(part) for part in (id_list or "").split(",")]
+        if not id_list:  # reset along with the map, not a selection
+            return gr.skip(), gr.skip()
+        ids = [point_id(part) for part in id_list.split(",")]
         ids = [i for i in ids if i is not None]
         if not ids:
-            return [], ""
+            return gr.Gallery([], label="Selected: no images"), \
+                "No points inside the selection: drag the lasso (or the box) around some points."
         with catalog_of(name) as catalog:
             records = catalog.images(ids[:MAX_SELECTED])
         items = [(thumbnail(records[i].paths[0]), Path(records[i].paths[0]).name) for i in ids if i in records]
@@ -205,13 +212,17 @@ def build(studio: Studio) -> list[gr.Dropdown]:
         return gr.Gallery([i for i in items if i[0] is not None], label=label), gr.skip()
 
     event = with_cancel(draw, stop, do_explore, [index_name, colour_by, clusters, labels, query, max_points],
-                        [plot, notes, nearest], api_name="explore", concurrency_id=MODEL_QUEUE)
+                        [plot, notes, nearest], emptied=[notes], api_name="explore", concurrency_id=MODEL_QUEUE)
     event.then(None, None, None, js=PLOT_BRIDGE)
-    # a new map (or its error) leaves nothing of the previous one's clicked point, preview or similar images
-    event.then(lambda: (None, "", None, "", gr.update(label=NEAREST_LABEL)), None,
-               [picked, card, hovered_image, clicked, nearest], api_name=False, queue=False)
+    # a new map (or its error) leaves nothing of the previous one's clicked point, preview, selection or similar
+    # images; a cancelled one leaves none of the previous map either, and says so
+    previous_map, forgotten = [picked, card, hovered_image, clicked, selected], (None, "", None, "", "")
+    event.then(lambda: (*forgotten, gr.Gallery(label=NEAREST_LABEL)), None, [*previous_map, nearest],
+               api_name=False, queue=False)
     # frees the UI (a cancelled event has no .then); a running UMAP ends
-    stop.click(lambda: running(False), None, [draw, stop], cancels=[event], api_name=False, queue=False)
+    stop.click(lambda: (*running(False), *forgotten, gr.Gallery(None, label=NEAREST_LABEL), None,
+                        "Cancelled: no map drawn."), None,
+               [draw, stop, *previous_map, nearest, plot, notes], cancels=[event], api_name=False, queue=False)
     clicked.change(do_pick, [index_name, clicked, query], [picked, card], api_name=False)
     hovered.change(do_hover, [index_name, hovered], hovered_image, api_name=False, queue=False)
     selected.change(do_select, [index_name, selected], [nearest, notes], api_name=False)

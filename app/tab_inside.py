@@ -17,7 +17,7 @@ from engine.inspect.dense import dense_pca, patch_similarity
 from engine.inspect.grid import patch_grid
 from engine.inspect.maps import METHODS, MAX_QUERIES, similarity_maps
 
-from .common import MODEL_QUEUE, ImageInput, gpu, shown_in_place
+from .common import MODEL_QUEUE, ImageInput, InputMissing, gpu, shown_in_place
 from .studio import Studio
 
 DEFAULT_OPACITY = 0.6
@@ -262,8 +262,10 @@ def _dense_view(studio: Studio, image, second, max_patches, opacity) -> None:
     @gpu
     @shown_in_place("clear", "clear", "notes")
     def do_joint_pca(image, second_image, max_patches=256):
-        if not image or not second_image:
+        if not image:
             raise StudioError("Add both images first (the second one below the first).")
+        if not second_image:  # the one-image PCA shown stays: it is still right
+            raise InputMissing("Add a second image (below the first) for a PCA fitted over both.")
         with studio.job("computing dense features") as model:
             picture, path = pca_outputs(model, [image, second_image], max_patches, joint=True)
         return picture, path, _notes(studio, model, ["One PCA fitted over both images: their colours compare."])

@@ -4,6 +4,7 @@ threshold, editable labels and exports (CSV, JSONL, ImageFolder zip)."""
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ DEFAULT_TEMPLATE = DEFAULT_TEMPLATES[0]
 LABELS_HELP = "Labels (comma-separated, or one per line; any language)"
 TEMPLATE_HELP = "Prompt template(s), one per line; {} stands for the label ({} alone: the label as written)."
 MAX_BATCH_IMAGES = 5000
+LABEL_SEPARATOR = "; "  # between an image's labels in the results table (a label may hold commas)
 
 
 def score_table(result: ZeroShotResult, row: int = 0) -> str:
@@ -194,7 +196,7 @@ def _assigned(assignments: list[LabelAssignment], cut: float, how: str) -> str:
 
 
 def _table_rows(batch: LabelledBatch, assignments: list[LabelAssignment]) -> list[list[str]]:
-    return [[assignment.export_name, "; ".join(assignment.labels),
+    return [[assignment.export_name, LABEL_SEPARATOR.join(assignment.labels),
              ", ".join(f"{label} {p:.3g}" for label, p in batch.result.top(row, 3))]
             for row, assignment in enumerate(assignments)]
 
@@ -202,11 +204,17 @@ def _table_rows(batch: LabelledBatch, assignments: list[LabelAssignment]) -> lis
 def label_images(studio: Studio, paths: list[str], server_folder: str, label_text: str, template_text: str,
                  progress=None) -> LabelledBatch:
     """Label uploaded files plus a server folder's images (named by their path inside that folder)."""
-    names = [Path(path).name for path in paths]  # Gradio keeps an upload's own name as its file name
-    problems: list[tuple[str, str]] = []
+    # Gradio stores an upload under its own file name, in a folder named by its bytes: the same file uploaded
+    # twice is one path, labelled once (as two rows, the repeat's name would be made up)
+    repeats = Counter(paths)
+    paths = list(repeats)
+    names = [Path(path).name for path in paths]
+    problems = [(Path(path).name, f"uploaded {count} times (the same file), labelled once")
+                for path, count in repeats.items() if count > 1]
     if server_folder and server_folder.strip():
         root = studio.check_folder(server_folder)
-        found, problems = find_images(root)
+        found, unusable = find_images(root)
+        problems += unusable
         names += [str(Path(path).relative_to(root)) for path in found]
         paths = paths + found
     if not paths:
@@ -236,9 +244,10 @@ def _build_many(studio: Studio) -> None:
             batch_notes = gr.Markdown(elem_id="batch-notes", elem_classes=JOB_NOTES)  # its progress shows here
         with gr.Column():
             table = gr.Dataframe(headers=["image", "labels", "top probabilities"], interactive=True,
-                                 label="Results (edit the labels column, then export again)", wrap=True,
+                                 label="Results (edit the labels, separated by ; then export again)", wrap=True,
                                  column_widths=["30%", "32%", "38%"], elem_id="batch-table")
             export_again = gr.Button("Export the edited labels")
+            export_notes = gr.Markdown(elem_id="export-notes")  # beside its button, not under "Label all"
             exports = gr.File(label="Exports: CSV, JSONL, ImageFolder (zip)", file_count="multiple",
                               elem_id="batch-exports")
     result_state = gr.State()
@@ -275,13 +284,18 @@ def _build_many(studio: Studio) -> None:
         names = [batch.names.get(source, source) for source in batch.result.sources]
         if [str(r[0]) for r in data] != names:
             raise StudioError("The table's rows no longer match the labelled images; label again.")
-        edited = [LabelAssignment(source, [x.strip() for x in str(r[1]).split(";") if x.strip()], [], name)
-                  for source, name, r in zip(batch.result.sources, names, data)]
-        return _export_files(batch, edited), f"Exported {len(edited)} image(s) with the edited labels."
+        edited = [LabelAssignment(source, [x.strip() for x in str(r[1]).split(LABEL_SEPARATOR) if x.strip()], [],
+                                  name) for source, name, r in zip(batch.result.sources, names, data)]
+        new_labels = sorted({label for a in edited for label in a.labels} - set(batch.result.labels))
+        said = (f" New labels, not among those scored: {', '.join(repr(label) for label in new_labels)} (labels in "
+                f"a cell are separated by {LABEL_SEPARATOR.strip()})." if new_labels else "")
+        return _export_files(batch, edited), f"Exported {len(edited)} image(s) with the edited labels.{said}"
 
     label_all.click(do_label_batch, [files, folder, batch_labels, batch_template, threshold, mode],
                     [table, batch_notes, exports, result_state], api_name="label_batch", concurrency_id=MODEL_QUEUE,
                     show_progress_on=batch_notes)
-    export_again.click(do_export, [table, result_state], [exports, batch_notes], api_name="export_labels")
+    export_again.click(do_export, [table, result_state], [exports, export_notes], api_name="export_labels")
+    for new_exports in (label_all.click, threshold.release, mode.change):  # the last export's note is stale then
+        new_exports(lambda: "", None, export_notes, api_name=False, queue=False)
     threshold.release(do_reassign, [result_state, threshold, mode], [table, exports, batch_notes], api_name=False)
     mode.change(do_reassign, [result_state, threshold, mode], [table, exports, batch_notes], api_name=False)

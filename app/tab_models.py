@@ -7,7 +7,7 @@ import gradio as gr
 from engine import CHECKPOINTS, DEFAULT_MODEL
 from engine.model.preprocess import check_sequence_length
 
-from .common import MODEL_QUEUE, shown_in_place
+from .common import MODEL_QUEUE, other_model_indexes_note, shown_in_place
 from .studio import UNTRAINED_WARNING, Studio
 
 
@@ -99,7 +99,7 @@ def build(studio: Studio, banner_box: gr.Markdown) -> None:
         patches = check_sequence_length(patches)  # before a slow load, not after
         studio.load((folder or "").strip() or hub_id, device=device_name, dtype=dtype_name)
         studio.set_max_patches(patches)
-        return model_summary(studio), banner(studio), ""
+        return model_summary(studio), banner(studio), other_model_indexes_note(studio)
 
     @shown_in_place("keep", "notes")
     def do_set_patches(patches):
@@ -109,8 +109,13 @@ def build(studio: Studio, banner_box: gr.Markdown) -> None:
     @shown_in_place("keep", "keep", "notes")
     def do_load_test(dtype_name: str = "auto"):
         studio.load_test_model(dtype=dtype_name)  # (on the CPU whatever the device chosen)
-        return model_summary(studio), banner(studio), ""
+        return model_summary(studio), banner(studio), other_model_indexes_note(studio)
 
+    # one source at a time, so that Load loads what the form shows: a checkpoint chosen empties the folder box
+    # (which holds the loaded folder's path), a folder typed unselects the checkpoint
+    choice.input(lambda: "", None, local, api_name=False, queue=False)
+    local.input(lambda text: gr.Dropdown(value=None) if text.strip() else gr.skip(), local, choice, api_name=False,
+                queue=False)
     load.click(do_load, [choice, local, device, dtype, max_patches], [summary, banner_box, load_notes],
                api_name="load_model", concurrency_id="loader", concurrency_limit=1)
     max_patches.change(do_set_patches, max_patches, [summary, load_notes], api_name="set_max_patches",

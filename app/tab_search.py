@@ -23,12 +23,17 @@ RENAMES_SHOWN = 20  # uploads stored under another name, listed one by one after
 CAPTION_NAME = 48  # characters of a file name in a result's caption (the selection note gives it whole)
 
 
-def hit_caption(hit) -> str:
+def hit_caption(hit, with_probability: bool = True) -> str:
     """Two short lines: the file's name (a long one cut in the middle, keeping its end); cosine, probability."""
     name = Path(hit.path).name
     if len(name) > CAPTION_NAME:
         name = name[: CAPTION_NAME // 2 - 1] + "…" + name[-(CAPTION_NAME // 2):]
-    return f"{name}\ncos {hit.score:.3f} · p {hit.probability:.3f}"
+    return f"{name}\ncos {hit.score:.3f}" + (f" · p {hit.probability:.3f}" if with_probability else "")
+
+
+def _text_only(result) -> bool:
+    """Whether a result's query is all text: SigLIP's probability is calibrated for text-image pairs only."""
+    return all(term.kind == "text" for term in result.terms)
 
 
 def _gallery(result) -> tuple[list[tuple], list[tuple[int, str]]]:
@@ -37,7 +42,7 @@ def _gallery(result) -> tuple[list[tuple], list[tuple[int, str]]]:
     for hit in result.hits:
         image = thumbnail(hit.path)
         if image is not None:
-            items.append((image, hit_caption(hit)))
+            items.append((image, hit_caption(hit, _text_only(result))))
             shown.append((hit.image_id, Path(hit.path).name))
     return items, shown
 
@@ -57,8 +62,8 @@ def terms_text(terms: list[QueryTerm]) -> str:
 def _hits_note(studio: Studio, result, index_name: str) -> str:
     terms = terms_text(result.terms)
     head = f"{len(result.hits)} result(s) in **{index_name}** for {terms}"
-    if result.terms and any(t.kind == "image" for t in result.terms):
-        head += " (probabilities are calibrated for text queries only)"
+    if not _text_only(result):
+        head += " (cosine only: SigLIP's probability is calibrated for text queries)"
     return "\n\n".join(x for x in (head, studio.notes(result.warnings)) if x)
 
 
@@ -111,7 +116,7 @@ def _build_search(studio: Studio) -> gr.Dropdown:
             build_notes = gr.Markdown(elem_id="build-notes", elem_classes=JOB_NOTES)
         with gr.Column(scale=2):
             index_name = index_dropdown(studio, "Index to search", "search-index")
-            query = gr.Textbox(label="Text query, any language (combine: `2:red car + sunset - night`)",
+            query = gr.Textbox(label="Text query, any language (combine: 2:red car + sunset - night)",
                                elem_id="search-query")
             with gr.Row():
                 query_image = ImageInput(type="filepath", label="…and/or an example image", height=180,
@@ -195,7 +200,7 @@ def _build_search(studio: Studio) -> gr.Dropdown:
     cancel.click(lambda name: studio.cancel(f"build {(name or '').strip()}"), new_name, None,
                  api_name=False, queue=False)
     with_cancel(build_button, cancel, do_build, [new_name, files, folder], [build_notes, index_name],
-                api_name="build_index", concurrency_id=MODEL_QUEUE, show_progress_on=build_notes)  # beside its button
+                emptied=[build_notes], api_name="build_index", concurrency_id=MODEL_QUEUE, show_progress_on=build_notes)  # beside its button
     text_inputs = [index_name, query, k, min_score, path_filter]
     results = [gallery, search_notes, shown_ids]
     # after new results nothing is selected; an open preview would show whichever result took its place: closed
@@ -221,7 +226,7 @@ def _build_compare(studio: Studio) -> gr.Dropdown:
                 k = gr.Slider(1, 24, value=6, step=1, label="Results per language (k)")
                 compare_button = gr.Button("Compare", variant="primary")
                 compare_notes = gr.Markdown(elem_id="compare-notes", elem_classes=JOB_NOTES)
-            with gr.Column(scale=3):
+            with gr.Column(scale=3, min_width=560):  # under the form in a narrow window, not squeezed beside it
                 compare_gallery = gr.Gallery(label="Top results, one row per language", columns=6, height=460,
                                              elem_id="compare-gallery")
                 overlap_table = gr.Dataframe(label="Overlap of the top-k between languages (shared results / k)",

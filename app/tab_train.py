@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import queue
 import shutil
 import tempfile
@@ -23,13 +24,16 @@ from engine.train.checkpoints import resumable_runs
 from engine.train.evaluate import comparison_table
 from engine.train.trainer import TrainConfig, train
 
-from .common import JOB_NOTES, MODEL_QUEUE, cancel_button, shown_in_place, with_cancel
+from .common import (JOB_NOTES, MODEL_QUEUE, cancel_button, other_model_indexes_note, shown_in_place,
+                     with_cancel)
 from .studio import Studio
 
 DEVICES = ["auto", "cpu", "cuda", "xla", "mps"]
 MODES = ["lora", "probe", "full"]
 MAX_UNPACKED_BYTES = 16 * 2**30  # an uploaded zip's content; larger datasets are read from a server folder
 MAX_ZIP_MEMBERS = 1_000_000
+CHART_INTERVAL_S = 1.0  # between live chart updates: each re-sends the whole chart (every step froze the page)
+FEW_HELD_OUT = 20  # held-out images below which a before/after change is mostly chance
 
 
 def loss_figure(history: list[dict], validation: list[dict]) -> go.Figure:
@@ -44,7 +48,7 @@ def loss_figure(history: list[dict], validation: list[dict]) -> go.Figure:
     figure.update_layout(height=320, margin=dict(l=40, r=40, t=20, b=40), legend=dict(orientation="h"))
     figure.update_xaxes(title_text="step")
     figure.update_yaxes(title_text="loss", secondary_y=False)
-    figure.update_yaxes(title_text="%", range=[0, 100], secondary_y=True)
+    figure.update_yaxes(title_text="%", range=[0, 104], secondary_y=True)  # 100 % not cut at the top
     return figure
 
 
@@ -192,7 +196,8 @@ def _tidied_uploads(studio: Studio):
 
 
 def _follow(run: Callable, cancel: threading.Event, progress):
-    """Run `run(on_event, should_stop)` in a thread, yielding the chart and status after every step."""
+    """Run `run(on_event, should_stop)` in a thread, yielding the chart and status as it goes: at most once per
+    CHART_INTERVAL_S (and at each validation), since every update re-sends the whole chart to the page."""
     events: queue.Queue = queue.Queue()
     outcome: dict = {}
 
@@ -208,6 +213,7 @@ def _follow(run: Callable, cancel: threading.Event, progress):
     thread.start()
     history, validation = [], []
     finished = False
+    shown_at = -math.inf
     try:
         while True:
             event = events.get()
@@ -220,8 +226,11 @@ def _follow(run: Callable, cancel: threading.Event, progress):
                 validation.append({"step": event.step, "metric": key, "value": value})
             if progress is not None:
                 progress((event.step, event.total_steps), desc="fine-tuning", unit="steps")
-            yield (loss_figure(history, validation),
-                   f"step {event.step}/{event.total_steps} · loss {event.loss:.3f} · {event.seconds:.0f} s", "", "")
+            if event.validation or time.monotonic() - shown_at >= CHART_INTERVAL_S:
+                shown_at = time.monotonic()
+                yield (loss_figure(history, validation),
+                       f"step {event.step}/{event.total_steps} · loss {event.loss:.3f} · {event.seconds:.0f} s", "",
+                       "")
     finally:
         if not finished:  # closed early (the page left, the job cancelled by Gradio): stop at a checkpoint
             cancel.set()
@@ -230,16 +239,39 @@ def _follow(run: Callable, cancel: threading.Event, progress):
         error = outcome["error"]
         raise error if isinstance(error, StudioError) else StudioError(f"Fine-tuning failed: {error}")
     result = outcome["result"]
-    report = ""
-    if result.after is not None:
-        count = result.after.num_images
-        report = (f"**Held-out set: {count} image{'' if count == 1 else 's'}**\n\n```\n"
-                  f"{comparison_table(result.before, result.after)}\n```")
-    status = (f"{'Cancelled' if cancel.is_set() else 'Done'}: {result.steps}/{result.total_steps} steps in "
-              f"{result.seconds:.0f} s, checkpoint written"
-              + (" (resume it under *Interrupted runs*, or with `python -m engine train --out FOLDER --resume`)"
-                 if result.stopped else ""))
-    yield loss_figure(result.history, result.validation), status, report, str(result.out)
+    yield loss_figure(result.history, result.validation), _summary(result, cancel.is_set()), _report(result), \
+        str(result.out)
+
+
+def _summary(result, cancelled: bool) -> str:
+    """The run's outcome in one line: how far it got, in how long, and how to go on when it stopped early."""
+    this_session = result.steps - result.first_step
+    steps = (f"{result.steps}/{result.total_steps} steps ({this_session} after resuming at step "
+             f"{result.first_step})" if result.first_step else f"{result.steps}/{result.total_steps} steps")
+    return (f"{'Cancelled' if cancelled else 'Done'}: {steps} in {result.seconds:.0f} s, checkpoint written"
+            + (" (resume it under *Interrupted runs*, or with `python -m engine train --out FOLDER --resume`)"
+               if result.stopped else ""))
+
+
+def _report(result) -> str:
+    """The held-out before/after table, with a warning when the held-out set is too small to judge by."""
+    if result.after is None:
+        return ""
+    count = result.after.num_images
+    caution = (f" — too few to judge by: one image more or less right moves the score by {100 / count:.0f} points"
+               if count < FEW_HELD_OUT else "")
+    return (f"**Held-out set: {count} image{'' if count == 1 else 's'}**{caution}\n\n```\n"
+            f"{comparison_table(result.before, result.after)}\n```")
+
+
+def load_checkpoint(studio: Studio, folder: str) -> str:
+    """Load a fine-tuned checkpoint; says what was loaded and which indexes it cannot search."""
+    if not (folder or "").strip():
+        raise StudioError("Fine-tune first, or give the folder of a checkpoint fine-tuned earlier.")
+    model = studio.load(folder.strip())
+    loaded = f"Loaded `{Path(str(model.directory)).name}`" + (" (still an untrained test model)"
+                                                               if model.untrained else "")
+    return "\n\n".join(x for x in (loaded, other_model_indexes_note(studio)) if x)
 
 
 def build(studio: Studio) -> None:
@@ -286,22 +318,29 @@ def build(studio: Studio) -> None:
 
     @shown_in_place("notes")
     def do_load(folder_text):
-        if not (folder_text or "").strip():
-            raise StudioError("Fine-tune first, or give the folder of a checkpoint fine-tuned earlier.")
-        model = studio.load(folder_text.strip())
-        return f"Loaded `{Path(str(model.directory)).name}`" + (" (still an untrained test model)"
-                                                                 if model.untrained else "")
+        return load_checkpoint(studio, folder_text)
 
     def refresh_runs(selected: str | None = None):
         """The runs on disk now; keeps `selected` only while it is still one of them."""
         choices = run_choices(studio)
         return gr.Dropdown(choices=choices, value=selected if selected in [v for _, v in choices] else None)
 
+    def show_settings(run_folder: str | None):
+        """The chosen run's own settings in the form: a resume goes on with them, not with what the form held."""
+        run = next((r for r in resumable_runs(finetuned_dir(studio)) if str(r.out) == run_folder), None)
+        if run is None:
+            return (gr.skip(),) * 5
+        saved = run.settings
+        return (saved.get("mode", run.mode), saved.get("epochs", gr.skip()), saved.get("batch_size", gr.skip()),
+                saved.get("lr") or 0, saved.get("device") or "auto")
+
     for trigger, handler, inputs, api_name in ((start, do_train, [folder, upload, mode, epochs, batch_size, lr, device],
                                                 "fine_tune"), (resume, do_resume, [runs], "resume_fine_tune")):
-        with_cancel(trigger, stop, handler, inputs, [chart, status, report, out_folder], api_name=api_name,
-                    concurrency_id=MODEL_QUEUE, show_progress_on=status).then(refresh_runs, None, runs,
+        # afterwards a run that stopped early is the one chosen under Interrupted runs
+        with_cancel(trigger, stop, handler, inputs, [chart, status, report, out_folder], emptied=[status],
+                    api_name=api_name, concurrency_id=MODEL_QUEUE, show_progress_on=status).then(refresh_runs, out_folder, runs,
                                                                               api_name=False, queue=False)
     runs.focus(refresh_runs, runs, runs, api_name=False, queue=False)
+    runs.change(show_settings, runs, [mode, epochs, batch_size, lr, device], api_name=False, queue=False)
     stop.click(lambda: cancel.set(), None, None, queue=False)
     load.click(do_load, out_folder, loaded, concurrency_id=MODEL_QUEUE)

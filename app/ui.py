@@ -41,19 +41,29 @@ def build_app(studio: Studio) -> gr.Blocks:
         gr.Markdown(INTRO)
         banner_box = tab_models.banner(studio)
         banner_box.elem_id = "banner"
-        with gr.Tab("Label", id="label"):
+        tabs = []
+        with gr.Tab("Label", id="label") as tab:
+            tabs.append(tab)
             tab_label.build(studio)
-        with gr.Tab("Search", id="search"):
+        with gr.Tab("Search", id="search") as tab:
+            tabs.append(tab)
             index_dropdowns = tab_search.build(studio)
-        with gr.Tab("Explore", id="explore"):
+        with gr.Tab("Explore", id="explore") as tab:
+            tabs.append(tab)
             index_dropdowns += tab_explore.build(studio)
-        with gr.Tab("Inside", id="inside"):
+        with gr.Tab("Inside", id="inside") as tab:
+            tabs.append(tab)
             tab_inside.build(studio)
         if studio.enable_training:
-            with gr.Tab("Fine-tune", id="train"):
+            with gr.Tab("Fine-tune", id="train") as tab:
+                tabs.append(tab)
                 tab_train.build(studio)
-        with gr.Tab("Models", id="models"):
+        with gr.Tab("Models", id="models") as models_tab:
             tab_models.build(studio, banner_box)
+        # the banner points to the Models tab, whose own summary says the same: there it is hidden
+        models_tab.select(lambda: gr.Markdown(visible=False), None, banner_box, api_name=False, queue=False)
+        for tab in tabs:
+            tab.select(lambda: tab_models.banner(studio), None, banner_box, api_name=False, queue=False)
         demo.load(lambda: fresh_index_dropdowns(studio, len(index_dropdowns)), None, index_dropdowns, api_name=False,
                   queue=False, show_progress="hidden")
     demo.queue(default_concurrency_limit=1, max_size=64)

@@ -88,7 +88,11 @@ def test_label_batch_and_exports(client, photo_root):
     edited = {"headers": table["headers"], "data": [[row[0], "dog" if i == 0 else row[1], row[2]]
                                                     for i, row in enumerate(rows)]}
     exports, notes = client.predict(edited, api_name="/export_labels")
-    assert "Exported 8 image(s)" in notes
+    assert "Exported 8 image(s)" in notes and "New labels" not in notes
+    typo = {"headers": table["headers"], "data": [[row[0], "cat, dog" if i == 0 else row[1], row[2]]
+                                                  for i, row in enumerate(rows)]}
+    *_, notes = client.predict(typo, api_name="/export_labels")  # a comma where ; separates: said, not hidden
+    assert "New labels, not among those scored: 'cat, dog' (labels in a cell are separated by ;)" in notes
     with open({Path(p).name: p for p in exports}["labels.csv"], encoding="utf-8") as handle:
         assert list(csv.reader(handle))[1][1] == "dog"
     shuffled = {"headers": table["headers"], "data": list(reversed(edited["data"]))}
@@ -103,11 +107,13 @@ def test_uploads_keep_their_own_names(client, tmp_path):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         random_image(90, 120, seed=40 + i).save(tmp_path / name)
         uploads.append(handle_file(str(tmp_path / name)))
+    uploads.append(handle_file(str(tmp_path / "beach day.jpg")))  # the same file again: labelled once, said
     table, notes, exports = client.predict(uploads, "", "cat, dog", "{}", 0.0, "single", api_name="/label_batch")
     # two uploads of one name are told apart the same way in the table and in every export
     names = ["beach day.jpg", "Straße 2.png", "beach day_1.jpg"]
     assert [row[0] for row in table["data"]] == names
     assert "Threshold 0, single-label: 3 of 3 image(s) labelled" in notes
+    assert "beach day.jpg: uploaded 2 times (the same file), labelled once" in notes
     by_name = {Path(p).name: p for p in exports}
     with open(by_name["labels.csv"], encoding="utf-8") as handle:
         assert [row[0] for row in list(csv.reader(handle))[1:]] == names
@@ -188,8 +194,13 @@ def test_uploads_build_an_index(client, tmp_path):
     assert "not allowed" in notes
 
 
-def test_app_starts_without_a_model(tmp_path):
-    host = AppProcess("--model", "google/siglip2-base-patch16-naflex", "--index-dir", str(tmp_path),
+def test_app_starts_without_a_model(tmp_path, naflex_model):
+    from engine.index.build import build_index
+    from test_index import make_folder
+
+    make_folder(tmp_path / "photos", count=2)
+    build_index(naflex_model, tmp_path / "photos", "older", tmp_path / "indexes")  # another model's
+    host = AppProcess("--model", "google/siglip2-base-patch16-naflex", "--index-dir", str(tmp_path / "indexes"),
                       env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     try:
         client = Client(host.url, verbose=False)
@@ -200,7 +211,7 @@ def test_app_starts_without_a_model(tmp_path):
                                                 api_name="/load_model")
         assert "no such model folder" in notes and summary == {"__type__": "update"}  # left as it was
         summary, _, notes = client.predict(api_name="/load_test_model")  # the Dtype dropdown's value: auto
-        assert notes == ""
+        assert notes.startswith("1 index here needs another model to be searched: older (built with ")
         assert "Untrained test model" in summary and "cpu, fp32" in summary
         summary, _, _ = client.predict("int8", api_name="/load_test_model")
         assert "cpu, int8" in summary
@@ -305,6 +316,10 @@ def test_cancelled_build_keeps_what_it_stored(naflex_model, tmp_path):
     summary = build_cancellably(studio, "trip", tmp_path / "photos", lambda done, total: None)
     assert summary.encoded == 40 - stored and summary.images == 40
     assert index_choices(studio.index_dir) == ([("older", "older"), ("trip", "trip")], "trip")
+    # oldest first: a new index joins at the end, so that a list refreshed while open (Gradio keeps its tick on
+    # the same row) does not tick another index than the one chosen
+    build_cancellably(studio, "alpha", tmp_path / "older", lambda done, total: None)
+    assert index_choices(studio.index_dir) == ([("older", "older"), ("trip", "trip"), ("alpha", "alpha")], "alpha")
 
 
 @pytest.mark.parametrize("deployment", [None, "7"])
@@ -384,3 +399,19 @@ def test_a_build_lists_its_renamed_uploads_up_to_a_point():
     text = build_summary_text(BuildSummary(name="trip", folder="/x"), renamed)
     assert text.count("stored as") == RENAMES_SHOWN and "…and 5 more uploads stored under another name" in text
     assert "IMG_0000.jpg stored as **IMG_0000_1.jpg**" in text
+
+
+def test_a_cancelled_map_leaves_no_map_and_says_so(tmp_path):
+    """Cancel ends the map's event before its own clean-up runs: Cancel's handler clears the previous map, its
+    clicked point and selection, and says what happened (the old map stayed, under a stale note)."""
+    from app.studio import Studio
+    from app.ui import build_app
+
+    demo = build_app(Studio(index_dir=tmp_path, allowed_roots=[tmp_path]))
+    stop = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "cancel-map")
+    [handler] = [f for f in demo.fns.values() if f.fn and any(t[0] == stop._id for t in f.targets)]
+    shown = {getattr(block, "elem_id", None): value for block, value in zip(handler.outputs, handler.fn())}
+    assert shown["explore-notes"] == "Cancelled: no map drawn."
+    assert shown["explore-map"] is None and shown["explore-picked"] is None and shown["explore-card"] == ""
+    assert shown["explore-selected"] == "" and shown["explore-clicked"] == ""
+    assert not shown["explore-gallery"].value

@@ -72,6 +72,9 @@ def test_arrays_equal_the_engines(served, photo):
     _, arrays, _ = client.predict(image, 256, api_name="/dense_pca")
     assert len(arrays) == 1
     np.testing.assert_allclose(np.load(arrays[0]), dense_pca(model, photo, 256, joint=False).colours[0], atol=1e-5)
+    picture, arrays, notes = client.predict(image, None, 256, api_name="/joint_pca")  # no second image
+    assert picture == arrays == {"__type__": "update"}  # the one-image PCA shown stays, it is still right
+    assert notes == "⛔ Add a second image (below the first) for a PCA fitted over both."
     _, arrays, _ = client.predict(image, image, 256, api_name="/joint_pca")
     joint = dense_pca(model, [photo, photo], 256, joint=True).colours
     assert len(arrays) == 2 and Path(arrays[1]).name == "harbour view-pca-harbour view.npy"

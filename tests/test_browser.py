@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from playwright.sync_api import expect
+
 from apphost import CHROMIUM, SHOTS, AppProcess, open_app_page
 
 pytestmark = [pytest.mark.slow,
@@ -81,6 +83,8 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         page.locator("#batch-notes").get_by_text("single-label", exact=False).wait_for(timeout=30_000)
         page.wait_for_function("() => document.querySelector('#batch-exports').innerText.includes('imagefolder')",
                                timeout=30_000)
+        page.get_by_role("button", name="Export the edited labels").click()  # its note beside it
+        page.locator("#export-notes").get_by_text("Exported 2 image(s)", exact=False).wait_for(timeout=30_000)
         page.screenshot(path=str(SHOTS / "label-many.png"), full_page=True)
 
         # Search: build an index from a server folder, then search it by text
@@ -128,6 +132,9 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         page.locator("#compare-gallery img").first.wait_for(timeout=60_000)
         page.locator("#compare-gallery").scroll_into_view_if_needed()
         page.screenshot(path=str(SHOTS / "compare.png"), full_page=True)
+        with narrow(page):  # the results under the form, at their full width
+            page.screenshot(path=str(SHOTS / "compare-800px.png"), full_page=True)
+            assert fits_its_box(page, "#compare-gallery .grid-container")
 
         # Explore: draw the map, place a query, hover and click a point, find similar, lasso all points
         page.get_by_role("tab", name="Explore").click()
@@ -179,6 +186,24 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         with narrow(page):  # six in a row were cut off at the right: the selected photos seen were fewer
             assert fits_its_box(page, "#explore-gallery .grid-container")
             page.screenshot(path=str(SHOTS / "explore-lasso-800px.png"), full_page=True)
+        # a box around no point says so, rather than emptying the gallery silently
+        points, area = map_geometry()
+        spots = [(x, y) for x in range(int(area[0]) + 10, int(area[1]) - 10, 8)
+                 for y in range(int(area[2]) + 10, int(area[3]) - 10, 8)]
+        x, y = max(spots, key=lambda s: min((s[0] - p[0]) ** 2 + (s[1] - p[1]) ** 2 for p in points))
+        page.mouse.move(x - 6, y - 6)
+        page.mouse.down()
+        for px, py in ((x + 6, y - 6), (x + 6, y + 6), (x - 6, y + 6), (x - 6, y - 6)):
+            page.mouse.move(px, py, steps=4)
+        page.mouse.up()
+        page.locator("#explore-notes").get_by_text("No points inside the selection", exact=False).wait_for(
+            timeout=30_000)
+        # the map drawn again: no selection of the previous one left on it
+        page.get_by_role("button", name="Draw map").click()
+        page.locator("#explore-notes").get_by_text("map of all 6 images", exact=False).wait_for(timeout=60_000)
+        page.wait_for_function("() => !document.querySelector('#explore-map .js-plotly-plot')._fullLayout"
+                               ".selections?.length", timeout=30_000)
+        page.screenshot(path=str(SHOTS / "explore-redrawn.png"), full_page=True)
 
         # a map of an index that does not exist: the message replaces the map, nothing of the clicked point stays
         page.locator("#explore-index input").fill("nowhere")
@@ -206,6 +231,19 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         page.screenshot(path=str(SHOTS / "models.png"), full_page=True)
         with narrow(page):  # all five columns of the paper's table, none cut off
             assert fits_its_box(page, "#paper-table")
+        # Load loads what the form shows: a checkpoint chosen empties the folder box (the test model's folder)
+        folder_box = page.get_by_label("…or a local checkpoint folder (Hugging Face layout)")
+        expect(folder_box).not_to_have_value("")
+        released = page.get_by_role("combobox", name="Released checkpoint")
+        released.click()
+        page.get_by_role("option", name="google/siglip2-base-patch16-224", exact=True).click()
+        expect(folder_box).to_have_value("")
+        folder_box.press_sequentially("/models/siglip2")  # (typed: fill sends no input event Gradio hears)
+        expect(released).to_have_value("")
+        # the banner's "load a real checkpoint (Models tab)" is hidden on the Models tab, back on the others
+        expect(page.locator("#banner")).to_be_hidden()
+        page.get_by_role("tab", name="Label").click()
+        expect(page.locator("#banner")).to_contain_text("Untrained test model")
     finally:
         page.close()
         app.stop()

@@ -36,6 +36,11 @@ def test_fine_tune_cancel_resume_and_load_in_a_browser(browser, tmp_path):
         page.screenshot(path=str(SHOTS / "train-cancelled.png"), full_page=True)
 
         runs = page.get_by_label("Interrupted runs (continue from the last checkpoint)")
+        expect(runs).to_have_value(re.compile(r"step \d+/\d+ · full"))  # the run just cancelled is chosen
+
+        page.reload()  # coming back later: choosing the run shows its own settings, which a resume goes on with
+        page.get_by_role("tab", name="Fine-tune").click()
+        expect(page.get_by_label("Epochs")).to_have_value("3")
         runs.click()
         option = page.get_by_role("option").filter(has_text="· full").first
         option.wait_for(timeout=30_000)
@@ -43,6 +48,8 @@ def test_fine_tune_cancel_resume_and_load_in_a_browser(browser, tmp_path):
         page.screenshot(path=str(SHOTS / "train-interrupted-runs.png"), full_page=True)
         option.click()
         expect(runs).to_have_value(re.compile(r"step \d+/\d+"))  # chosen before Resume reads it (flaked under load)
+        expect(page.get_by_label("Epochs")).to_have_value("30")
+        expect(page.get_by_label("full", exact=True)).to_be_checked()
         page.get_by_role("button", name="Resume").click()
         page.get_by_text("Done:", exact=False).wait_for(timeout=300_000)
         status = page.get_by_text("Done:", exact=False).inner_text()

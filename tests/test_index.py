@@ -82,6 +82,12 @@ def test_search_equals_brute_force(naflex_model, tmp_path):
         vectors = index.catalog.embeddings_for(ids, index.dim)
         result = search(index, naflex_model, "a dog on the beach", k=5)
         query = embed_query(naflex_model, "a dog on the beach")
+        assert not query.warnings
+        # a sign stuck to its word is text as written ("t-shirt" must stay a word): said, with the way to write it
+        attached = embed_query(naflex_model, "a city -night + t-shirt")
+        assert [t.value for t in attached.terms] == ["a city -night", "t-shirt"]
+        assert attached.warnings == ["“a city -night” was searched as written: a sign joins terms with a space on "
+                                     "each side, e.g. `city - night`"]
         truth = vi.exact_top_k(query.vector[None], index.catalog.iter_embeddings(index.dim, chunk=4), 5)[0]
         assert [h.image_id for h in result.hits] == truth.tolist()
         scores = vectors @ query.vector
@@ -148,8 +154,10 @@ def test_query_parsing_errors():
     assert [(t.weight, t.value) for t in parse_query("0.5:sea + sky - clouds")] == [(0.5, "sea"), (1.0, "sky"), (-1.0, "clouds")]
     with pytest.raises(QueryError, match="only signs"):  # typed signs are not searched as text
         parse_query("2:red car + + - ::")
-    with pytest.raises(QueryError, match="Two signs in a row before “b”"):
-        parse_query("a + + b")
+    with pytest.raises(QueryError, match="Two signs in a row, “\\+ -”, before “b”"):
+        parse_query("a + - b")
+    with pytest.raises(QueryError, match="“2:” gives a weight to nothing"):
+        parse_query("cat + 2:")
     assert [(t.weight, t.value) for t in parse_query("- night + city")] == [(-1.0, "night"), (1.0, "city")]
     assert [t.value for t in parse_query("🐶")] == ["🐶"]  # not a sign: searched
 

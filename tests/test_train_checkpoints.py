@@ -130,7 +130,7 @@ def test_cli_train_killed_then_resumed(tmp_path, shapes, small_fixed):
     partly = run_cli("train", "--out", str(out), "--resume", "--max-steps", "4", "--json")
     assert partly.returncode == 0, partly.stderr[-2000:]
     first = json.loads(partly.stdout)
-    assert first["steps"] == 4 and first["stopped"] and first["total_steps"] > 4
+    assert first["steps"] == 4 and first["first_step"] == 2 and first["stopped"] and first["total_steps"] > 4
     resumed = run_cli("train", "--out", str(out), "--resume", "--json")  # the step limit is not kept
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     report = json.loads(resumed.stdout)

@@ -38,9 +38,11 @@ def test_tab_only_when_enabled(studio):
 
 
 def test_fine_tune_streams_reports_and_loads(studio):
-    from app.tab_train import fine_tune
+    from app.tab_train import fine_tune, load_checkpoint
+    from engine.index.build import build_index
 
     studio, data = studio
+    build_index(studio.model, data["classes"], "shapes", studio.index_dir)  # searchable by this model only
     cancel = threading.Event()
     updates = []
     for update in fine_tune(studio, str(data["classes"]), None, "lora", 2, 8, 1e-3, "cpu", cancel):
@@ -51,8 +53,38 @@ def test_fine_tune_streams_reports_and_loads(studio):
     figure, status, report, out = updates[-1]
     assert len(updates) >= 3 and "Done" in status and "top1" in report
     assert len(figure.data) == 2  # loss and validation curves
-    loaded = studio.load(out)
-    assert loaded.untrained and str(loaded.directory) == out
+    note = load_checkpoint(studio, out)
+    assert studio.model.untrained and str(studio.model.directory) == out
+    assert note.endswith(f"1 index here needs another model to be searched: shapes (built with "
+                         f"{studio.index_dir.parent / 'model'}). Load that model to search them, or build them again "
+                         "with this one.")
+
+
+def test_live_chart_is_sent_at_most_once_per_interval(studio, monkeypatch):
+    """Every update re-sends the whole chart: a long run updating it at every step froze the page. Between
+    the first step and the end, only validations (new points) are shown when the interval has not passed."""
+    import app.tab_train as tab
+
+    studio, data = studio
+    monkeypatch.setattr(tab, "CHART_INTERVAL_S", 1e9)
+    updates = list(tab.fine_tune(studio, str(data["classes"]), None, "probe", 4, 2, 1e-3, "cpu", threading.Event()))
+    final_figure, status, _, _ = updates[-1]
+    steps = int(status.split("Done: ")[1].split("/")[0])
+    validations = len(final_figure.data[1].x) - 1  # less the score before training
+    assert steps >= 8 and 1 < len(updates) - 1 <= 1 + validations < steps
+
+
+def test_a_tiny_held_out_set_is_flagged():
+    from app.tab_train import _report
+    from engine.train.evaluate import EvalReport
+    from engine.train.trainer import TrainResult
+
+    def result(count):
+        return TrainResult(Path("out"), 1, 1, [], [], EvalReport({"top1": 0.0}, count),
+                           EvalReport({"top1": 1.0}, count))
+
+    assert "too few to judge by: one image more or less right moves the score by 100 points" in _report(result(1))
+    assert "too few" not in _report(result(50)) and "+100.0" in _report(result(50))
 
 
 def test_cancel_stops_early_resumes_and_bad_folder_is_refused(studio, tmp_path):
@@ -66,7 +98,7 @@ def test_cancel_stops_early_resumes_and_bad_folder_is_refused(studio, tmp_path):
     [(label, folder)] = run_choices(studio)  # offered for resuming, with how far it got
     assert folder == last[3] and "step 1/" in label and "full" in label
     *_, resumed = resume_fine_tune(studio, folder, threading.Event())
-    assert resumed[1].startswith("Done") and not run_choices(studio)
+    assert resumed[1].startswith("Done: 20/20 steps (19 after resuming at step 1) in") and not run_choices(studio)
     with pytest.raises(StudioError, match="Choose an interrupted run"):
         list(resume_fine_tune(studio, "/etc", threading.Event()))
     with pytest.raises(StudioError, match="outside the folders"):

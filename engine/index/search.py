@@ -28,7 +28,8 @@ _SPLIT = re.compile(r"\s+([+-])\s+")
 _LEADING_SIGN = re.compile(r"^([+-])\s+")
 _SIGNS_ONLY = re.compile(r"^[\s+\-:;,.]+$")  # a slip of the keyboard, not something to search for
 _EXAMPLE = "`2:red car + sunset - night`"
-_WEIGHT = re.compile(r"^(-?\d+(?:\.\d+)?)\s*:\s*(.+)$")
+_WEIGHT = re.compile(r"^(-?\d+(?:\.\d+)?)\s*:\s*(.*)$")
+_ATTACHED_SIGN = re.compile(r"(?:^|\s)[+-](?=\w)")  # "-night": searched as written ("t-shirt", "-20 °C" stay text)
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,14 @@ def _term(sign: str, raw: str, readable: AllowedRoots | None) -> QueryTerm:
     match = _WEIGHT.match(raw)
     if match:
         weight, raw = float(match.group(1)), match.group(2).strip()
+        if not raw:
+            raise QueryError(f"“{match.group(0).strip()}” gives a weight to nothing: write the term after the "
+                             f"colon, e.g. {_EXAMPLE}.")
     if not raw:
         raise QueryError("Empty term in query: write e.g. `2:red car + ./photo.jpg - night`.")
     if _LEADING_SIGN.match(raw):
-        raise QueryError(f"Two signs in a row before “{short_text(raw[1:].strip())}”: join terms with one ` + ` "
-                         f"or ` - `, e.g. {_EXAMPLE}.")
+        raise QueryError(f"Two signs in a row, “{sign} {raw[0]}”, before “{short_text(raw[1:].strip())}”: join "
+                         f"terms with one ` + ` or ` - `, e.g. {_EXAMPLE}.")
     if _SIGNS_ONLY.match(raw):
         raise QueryError(f"“{short_text(raw)}” is not a term, only signs: join terms with ` + ` or ` - `, "
                          f"e.g. {_EXAMPLE}.")
@@ -107,6 +111,8 @@ def embed_query(model: LoadedModel, query: str | Image.Image | list[QueryTerm],
                            + ("only image files inside this server's allowed folders can be query images"
                               if readable is not None else "no such image file")
                            for t in terms if t.kind == "text" and looks_like_image_path(t.value)]
+    warnings += [f"“{short_text(t.value)}” was searched as written: a sign joins terms with a space on each "
+                 f"side, e.g. `city - night`" for t in terms if t.kind == "text" and _ATTACHED_SIGN.search(t.value)]
     vectors: dict[int, np.ndarray] = {}
     if texts:
         encoded = encode_texts(model, texts)

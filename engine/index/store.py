@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
@@ -83,6 +83,14 @@ def model_fingerprint(model: LoadedModel) -> list[float]:
     if model not in _fingerprints:
         _fingerprints[model] = [round(float(x), 6) for x in encode_texts(model, [FINGERPRINT_TEXT]).vectors[0]]
     return _fingerprints[model]
+
+
+def built_by(meta: dict, model: LoadedModel) -> bool:
+    """Whether the index with this meta was built by `model`'s weights (whatever their path or precision)."""
+    same_shape = model.embed_dim == int(meta["dim"]) and model.arch == meta["arch"]
+    stored = np.asarray(meta["fingerprint"], dtype=np.float32)
+    # 0.995: the same weights in bf16 and fp32 agree far closer; another checkpoint does not
+    return same_shape and float(np.dot(stored, model_fingerprint(model))) >= 0.995
 
 
 @dataclass
@@ -203,10 +211,7 @@ class ImageIndex:
     def check_model(self, model: LoadedModel) -> None:
         """Refuse a model other than the one that built the index (its vectors would be garbage here)."""
         built_with = self.meta["model"]
-        same_shape = model.embed_dim == self.dim and model.arch == self.meta["arch"]
-        stored = np.asarray(self.meta["fingerprint"], dtype=np.float32)
-        # 0.995: the same weights in bf16 and fp32 agree far closer; another checkpoint does not
-        if not same_shape or float(np.dot(stored, model_fingerprint(model))) < 0.995:
+        if not built_by(self.meta, model):
             raise IndexStoreError(
                 f"Index {self.path.name!r} was built with {built_with} ({self.meta['arch']}, {self.dim}-d); the "
                 f"loaded model is {model.name} ({model.arch}, {model.embed_dim}-d). Load {built_with} to use it.")
@@ -463,17 +468,41 @@ def build_finished(meta: dict) -> bool:
     return bool(meta.get(BUILD_FINISHED, True))
 
 
-def unfinished_indexes(index_dir=None) -> set[str]:
-    """The indexes whose last build has not run to its end (cancelled, failed, killed, or running now)."""
-    unfinished = set()
+@dataclass(frozen=True)
+class IndexEntry:
+    """An index as a listing shows it."""
+
+    name: str
+    created_at: float
+    changed_at: float  # its catalogue's last change
+    finished: bool  # whether its last build ran to its end
+    meta: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+def index_entries(index_dir=None) -> list[IndexEntry]:
+    """The indexes in `index_dir`, oldest first: a new one comes last, so a list shown earlier keeps its order."""
+    entries = []
     for name in list_indexes(index_dir):
-        catalog = Catalog(index_path(name, index_dir) / CATALOG, readonly=True)
+        path = index_path(name, index_dir) / CATALOG
+        catalog = Catalog(path, readonly=True)
         try:
-            if not build_finished(catalog.get_meta()):
-                unfinished.add(name)
+            meta = catalog.get_meta()
         finally:
             catalog.close()
-    return unfinished
+        entries.append(IndexEntry(name, meta.get("created_at", 0.0), path.stat().st_mtime, build_finished(meta),
+                                  meta))
+    return sorted(entries, key=lambda entry: (entry.created_at, entry.name))
+
+
+def indexes_of_other_models(model: LoadedModel, index_dir=None) -> list[IndexEntry]:
+    """The indexes that `model` cannot search: built by other weights (another checkpoint, or before a
+    fine-tune)."""
+    return [entry for entry in index_entries(index_dir) if not built_by(entry.meta, model)]
+
+
+def unfinished_indexes(index_dir=None) -> set[str]:
+    """The indexes whose last build has not run to its end (cancelled, failed, killed, or running now)."""
+    return {entry.name for entry in index_entries(index_dir) if not entry.finished}
 
 
 def remove_index(name: str, index_dir=None) -> None:

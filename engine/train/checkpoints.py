@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -112,6 +112,7 @@ class ResumableRun:
     mode: str
     step: int  # optimizer steps in its last checkpoint
     total_steps: int
+    settings: dict = field(default_factory=dict, compare=False)  # its TrainConfig's fields (templates left out)
 
 
 def resumable_runs(folder: Path) -> list[ResumableRun]:
@@ -124,5 +125,6 @@ def resumable_runs(folder: Path) -> list[ResumableRun]:
             continue
         if (out / STATE_FILE).exists() and info.get("step", 0) < info.get("total_steps", 0):
             runs.append(ResumableRun(out, info.get("fine_tuned_from", "?"), info.get("data", "?"),
-                                     info.get("mode", "?"), info["step"], info["total_steps"]))
+                                     info.get("mode", "?"), info["step"], info["total_steps"],
+                                     info.get("config", {})))
     return runs

@@ -106,9 +106,11 @@ class TrainResult:
     bad_steps: int = 0  # NaN/inf losses skipped
     seconds: float = 0.0
     stopped: bool = False  # stopped early (cancel or max_steps), resumable
+    first_step: int = 0  # the step this session started from (a resumed run's checkpoint)
 
     def report(self) -> dict:
-        return {"out": str(self.out), "steps": self.steps, "total_steps": self.total_steps,
+        return {"out": str(self.out), "steps": self.steps, "first_step": self.first_step,
+                "total_steps": self.total_steps,
                 "stopped": self.stopped, "seconds": round(self.seconds, 2), "bad_steps": self.bad_steps,
                 "skipped_images": len(self.skipped_images),
                 "before": self.before.to_dict() if self.before else None,
@@ -294,6 +296,7 @@ def train(model_name: str | LoadedModel | None, data: str | Path | TrainData | N
         if before is not None:
             key, value = headline(before)
             validations.append({"step": 0, "metric": key, "value": value})
+    first_step = step
 
     def checkpoint(final_metrics=None):
         if not device.is_main:
@@ -387,7 +390,7 @@ def train(model_name: str | LoadedModel | None, data: str | Path | TrainData | N
     stopped = stopped or step < total_steps
     checkpoint(after.metrics if after else None)
     result = TrainResult(out, step, total_steps, history, validations, before, after, skipped, bad_steps,
-                         time.monotonic() - started, stopped)
+                         time.monotonic() - started, stopped, first_step)
     if device.is_main:
         (out / "eval_report.json").write_text(json.dumps(result.report(), indent=2))
     return result
