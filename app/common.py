@@ -16,7 +16,7 @@ import gradio as gr
 
 from engine import StudioError
 from engine.index.build import uploads_folder
-from engine.index.store import index_entries, indexes_of_other_models
+from engine.index.store import built_by, index_entries, indexes_of_other_models
 from engine.model.images import open_image
 
 log = logging.getLogger("app")
@@ -154,15 +154,27 @@ class ImageInput(gr.Image):
 
 
 
-def index_choices(index_dir) -> tuple[list[tuple[str, str]], str | None]:
-    """The indexes to choose from, as (label, name), oldest first, an unfinished build's said in its label; and
-    the most recently changed finished one (to preselect; an unfinished one only when no other exists).
+def index_choices(index_dir, model=None) -> tuple[list[tuple[str, str]], str | None]:
+    """The indexes to choose from, as (label, name), oldest first, labelled when their last build is unfinished
+    or `model` cannot search them; and the one to preselect: the most recently changed of those it can search
+    whose build finished (failing that, of the finished ones, then of all).
     Oldest first because Gradio leaves an open list's tick at its row when the list is refreshed: a new index
     sorted in above the chosen one moved the tick onto another index."""
     entries = index_entries(index_dir)
-    choices = [(entry.name if entry.finished else f"{entry.name} (unfinished build)", entry.name) for entry in entries]
-    latest = max([e for e in entries if e.finished] or entries, key=lambda e: e.changed_at, default=None)
-    return choices, latest.name if latest else None
+    usable = {e.name for e in entries if model is None or built_by(e.meta, model)}
+
+    def label(entry) -> str:
+        said = []
+        if not entry.finished:
+            said.append("unfinished build")
+        if entry.name not in usable:
+            said.append("built with another model")
+        return f"{entry.name} ({'; '.join(said)})" if said else entry.name
+
+    finished = [e for e in entries if e.finished]
+    latest = max([e for e in finished if e.name in usable] or finished or entries, key=lambda e: e.changed_at,
+                 default=None)
+    return [(label(entry), entry.name) for entry in entries], latest.name if latest else None
 
 
 def other_model_indexes_note(studio, shown: int = 5) -> str:
@@ -180,16 +192,16 @@ def other_model_indexes_note(studio, shown: int = 5) -> str:
 def index_dropdown(studio, label: str, elem_id: str) -> gr.Dropdown:
     """A choice of the indexes, the latest changed one preselected; its list is read again when it is opened
     (ui.build_app also fills it afresh at every page load, so indexes built since the app started show)."""
-    choices, latest = index_choices(studio.index_dir)
+    choices, latest = index_choices(studio.index_dir, studio.model)
     dropdown = gr.Dropdown(choices, value=latest, label=label, allow_custom_value=True, elem_id=elem_id)
-    dropdown.focus(lambda: gr.Dropdown(choices=index_choices(studio.index_dir)[0]), None, dropdown,
-                   api_name=False, queue=False)
+    dropdown.focus(lambda: gr.Dropdown(choices=index_choices(studio.index_dir, studio.model)[0]), None,
+                   dropdown, api_name=False, queue=False)
     return dropdown
 
 
 def fresh_index_dropdowns(studio, count: int) -> list[gr.Dropdown]:
     """`count` index dropdowns' updates at a page load: today's indexes, the latest changed one chosen."""
-    choices, latest = index_choices(studio.index_dir)
+    choices, latest = index_choices(studio.index_dir, studio.model)
     return [gr.Dropdown(choices=choices, value=latest) for _ in range(count)]
 
 

@@ -50,7 +50,9 @@ PLOT_BRIDGE = """
       if (event.points.length) hoverTimer = setTimeout(() => send('explore-hovered', idOf(event.points[0])), 120);
     });
     plot.on('plotly_selected', (event) => {
-      const ids = event && event.points ? event.points.map(idOf).filter((id) => id !== '-1') : [];
+      // a click (no lasso or box drawn) also ends here, without a range: not a selection
+      if (!event || !(event.range || event.lassoPoints)) return;
+      const ids = (event.points || []).map(idOf).filter((id) => id !== '-1');
       send('explore-selected', ids.length ? ids.join(',') : 'none');
     });
   };
@@ -60,10 +62,11 @@ PLOT_BRIDGE = """
 MAX_SELECTED = 60  # thumbnails shown for a lasso or box selection
 
 
-def map_caption(explored: ExploreMap) -> str:
+def map_caption(explored: ExploreMap, index_name: str) -> str:
     projection = explored.projection
     shown = (f"{len(projection.image_ids):,} of {projection.total:,} images (random subsample)"
              if projection.subsampled else f"all {projection.total:,} images")
+    shown += f" in **{index_name}**"
     if projection.method == "pca" and len(projection.image_ids) >= 8:
         return (f"PCA map of {shown}: UMAP is still being compiled in the background (once per server start); "
                 "draw again in a moment for the UMAP map.")
@@ -137,9 +140,10 @@ def build(studio: Studio) -> list[gr.Dropdown]:
             clicked = gr.Textbox(visible="hidden", elem_id="explore-clicked")
             hovered = gr.Textbox(visible="hidden", elem_id="explore-hovered")
             selected = gr.Textbox(visible="hidden", elem_id="explore-selected")
+            drawn_from = gr.State()  # the index the map shows: clicks and selections are its image ids
 
     @gpu
-    @shown_in_place("clear", "notes", "clear")
+    @shown_in_place("clear", "notes", "clear", "clear")
     def do_explore(name: str, how: str = "cluster", k: int = 8, label_text: str = "", text: str = "",
                    limit: int = DEFAULT_MAX_POINTS):
         if not (name or "").strip():
@@ -148,9 +152,9 @@ def build(studio: Studio) -> list[gr.Dropdown]:
             explored = explore_index(index, model, how, int(k), label_text or "", text or "", int(limit),
                                      quick=True)
         gallery = [(thumbnail(path), Path(path).name) for path in explored.nearest_paths]
-        notes = (map_caption(explored), studio.notes(explored.warnings))
+        notes = (map_caption(explored, name), studio.notes(explored.warnings))
         return figure(explored, path_as_known(studio.index_dir)), "\n\n".join(x for x in notes if x), \
-            [g for g in gallery if g[0] is not None]
+            [g for g in gallery if g[0] is not None], name
 
     @contextmanager
     def catalog_of(name: str):
@@ -212,7 +216,8 @@ def build(studio: Studio) -> list[gr.Dropdown]:
         return gr.Gallery([i for i in items if i[0] is not None], label=label), gr.skip()
 
     event = with_cancel(draw, stop, do_explore, [index_name, colour_by, clusters, labels, query, max_points],
-                        [plot, notes, nearest], emptied=[notes], api_name="explore", concurrency_id=MODEL_QUEUE)
+                        [plot, notes, nearest, drawn_from], emptied=[notes], api_name="explore",
+                        concurrency_id=MODEL_QUEUE)
     event.then(None, None, None, js=PLOT_BRIDGE)
     # a new map (or its error) leaves nothing of the previous one's clicked point, preview, selection or similar
     # images; a cancelled one leaves none of the previous map either, and says so
@@ -220,13 +225,15 @@ def build(studio: Studio) -> list[gr.Dropdown]:
     event.then(lambda: (*forgotten, gr.Gallery(label=NEAREST_LABEL)), None, [*previous_map, nearest],
                api_name=False, queue=False)
     # frees the UI (a cancelled event has no .then); a running UMAP ends
-    stop.click(lambda: (*running(False), *forgotten, gr.Gallery(None, label=NEAREST_LABEL), None,
+    stop.click(lambda: (*running(False), *forgotten, gr.Gallery(None, label=NEAREST_LABEL), None, None,
                         "Cancelled: no map drawn."), None,
-               [draw, stop, *previous_map, nearest, plot, notes], cancels=[event], api_name=False, queue=False)
-    clicked.change(do_pick, [index_name, clicked, query], [picked, card], api_name=False)
-    hovered.change(do_hover, [index_name, hovered], hovered_image, api_name=False, queue=False)
-    selected.change(do_select, [index_name, selected], [nearest, notes], api_name=False)
-    similar.click(do_similar, [index_name, clicked], [nearest, card], api_name=False, concurrency_id=MODEL_QUEUE)
+               [draw, stop, *previous_map, nearest, plot, drawn_from, notes], cancels=[event], api_name=False,
+               queue=False)
+    # on the map's own index, whichever the dropdown has moved to since
+    clicked.change(do_pick, [drawn_from, clicked, query], [picked, card], api_name=False)
+    hovered.change(do_hover, [drawn_from, hovered], hovered_image, api_name=False, queue=False)
+    selected.change(do_select, [drawn_from, selected], [nearest, notes], api_name=False)
+    similar.click(do_similar, [drawn_from, clicked], [nearest, card], api_name=False, concurrency_id=MODEL_QUEUE)
     colour_by.change(lambda how: (gr.Slider(visible=how == "cluster"), gr.Textbox(visible=how != "cluster")),
                      colour_by, [clusters, labels], api_name=False, queue=False)
     return [index_name]

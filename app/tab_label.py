@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -179,6 +179,8 @@ class LabelledBatch:
     result: ZeroShotResult
     names: dict[str, str]  # source → the name people know it by (an upload's own file name)
     problems: list[tuple[str, str]]  # folder entries that could not be used: (path, reason)
+    notices: list[str] = field(default_factory=list)  # uploads renamed or repeated
+    notes: str = ""  # what the labelling said (warnings, skipped files), said again when the threshold changes
 
     def assign(self, threshold: float, mode: str) -> list[LabelAssignment]:
         return assign_labels(self.result, threshold, mode, self.names)
@@ -195,6 +197,16 @@ def _assigned(assignments: list[LabelAssignment], cut: float, how: str) -> str:
     return f"Threshold {cut:g}, {how}-label: {labelled} of {len(assignments)} image(s) labelled"
 
 
+def cell_labels(cell) -> list[str]:
+    """The labels typed in a results-table cell: split at ;, trimmed, each once (ignoring case, as the labels
+    box does)."""
+    labels = {}
+    for part in str(cell or "").split(LABEL_SEPARATOR.strip()):
+        if part.strip():
+            labels.setdefault(part.strip().lower(), part.strip())
+    return list(labels.values())
+
+
 def _table_rows(batch: LabelledBatch, assignments: list[LabelAssignment]) -> list[list[str]]:
     return [[assignment.export_name, LABEL_SEPARATOR.join(assignment.labels),
              ", ".join(f"{label} {p:.3g}" for label, p in batch.result.top(row, 3))]
@@ -209,8 +221,9 @@ def label_images(studio: Studio, paths: list[str], server_folder: str, label_tex
     repeats = Counter(paths)
     paths = list(repeats)
     names = [Path(path).name for path in paths]
-    problems = [(Path(path).name, f"uploaded {count} times (the same file), labelled once")
-                for path, count in repeats.items() if count > 1]
+    notices = [f"{Path(path).name}: uploaded {count} times (the same file), labelled once"
+               for path, count in repeats.items() if count > 1]
+    problems: list[tuple[str, str]] = []
     if server_folder and server_folder.strip():
         root = studio.check_folder(server_folder)
         found, unusable = find_images(root)
@@ -225,8 +238,11 @@ def label_images(studio: Studio, paths: list[str], server_folder: str, label_tex
     with studio.job("labelling images") as model:
         label_set = prepare_labels(model, label_text or "", parse_templates(template_text))
         # two uploads named cat.jpg are told apart (cat_1.jpg) alike in the table and in every export
-        return LabelledBatch(classify(model, paths, label_set, progress=progress),
-                             dict(zip(paths, unique_names(names))), problems)
+        unique = unique_names(names)
+        notices += [f"{name} (another image of that name) shown as **{shown}**"
+                    for name, shown in zip(names, unique) if shown != name]
+        return LabelledBatch(classify(model, paths, label_set, progress=progress), dict(zip(paths, unique)),
+                             problems, notices)
 
 
 def _build_many(studio: Studio) -> None:
@@ -245,7 +261,7 @@ def _build_many(studio: Studio) -> None:
         with gr.Column():
             table = gr.Dataframe(headers=["image", "labels", "top probabilities"], interactive=True,
                                  label="Results (edit the labels, separated by ; then export again)", wrap=True,
-                                 column_widths=["30%", "32%", "38%"], elem_id="batch-table")
+                                 column_widths=["30%", "32%", "38%"], static_columns=[0, 2], elem_id="batch-table")
             export_again = gr.Button("Export the edited labels")
             export_notes = gr.Markdown(elem_id="export-notes")  # beside its button, not under "Label all"
             exports = gr.File(label="Exports: CSV, JSONL, ImageFolder (zip)", file_count="multiple",
@@ -261,10 +277,12 @@ def _build_many(studio: Studio) -> None:
         result = batch.result
         assignments = batch.assign(cut, how)
         failures = [f"{batch.names.get(f.source, Path(f.source).name)}: {f.reason}, skipped" for f in result.failures]
-        notes = studio.notes(result.warnings, failures + [f"{p}: {r}" for p, r in batch.problems])
+        unusable = failures + [f"{p}: {r}" for p, r in batch.problems]
+        notices = [f"- {notice}" for notice in batch.notices]
+        batch.notes = "\n".join(x for x in (studio.notes(result.warnings, unusable), *notices) if x)
         summary = (f"Labelled {len(result.sources)} image(s) with {len(result.labels)} label(s). "
                    f"{_assigned(assignments, cut, how)}.")
-        return _table_rows(batch, assignments), "\n\n".join(x for x in (summary, notes) if x), \
+        return _table_rows(batch, assignments), "\n\n".join(x for x in (summary, batch.notes) if x), \
             _export_files(batch, assignments), batch
 
     @shown_in_place("keep", "keep", "notes")
@@ -274,7 +292,7 @@ def _build_many(studio: Studio) -> None:
             return gr.skip(), gr.skip(), gr.skip()
         assignments = batch.assign(cut, how)
         return _table_rows(batch, assignments), _export_files(batch, assignments), \
-            f"{_assigned(assignments, cut, how)} (no re-encoding)."
+            "\n\n".join(x for x in (f"{_assigned(assignments, cut, how)} (no re-encoding).", batch.notes) if x)
 
     @shown_in_place("keep", "notes")
     def do_export(rows, batch: LabelledBatch | None):
@@ -284,12 +302,12 @@ def _build_many(studio: Studio) -> None:
         names = [batch.names.get(source, source) for source in batch.result.sources]
         if [str(r[0]) for r in data] != names:
             raise StudioError("The table's rows no longer match the labelled images; label again.")
-        edited = [LabelAssignment(source, [x.strip() for x in str(r[1]).split(LABEL_SEPARATOR) if x.strip()], [],
-                                  name) for source, name, r in zip(batch.result.sources, names, data)]
+        edited = [LabelAssignment(source, cell_labels(r[1]), [], name)
+                  for source, name, r in zip(batch.result.sources, names, data)]
         new_labels = sorted({label for a in edited for label in a.labels} - set(batch.result.labels))
-        said = (f" New labels, not among those scored: {', '.join(repr(label) for label in new_labels)} (labels in "
-                f"a cell are separated by {LABEL_SEPARATOR.strip()})." if new_labels else "")
-        return _export_files(batch, edited), f"Exported {len(edited)} image(s) with the edited labels.{said}"
+        unscored = (f" New labels, not among those scored: {', '.join(repr(label) for label in new_labels)} "
+                    f"(labels in a cell are separated by {LABEL_SEPARATOR.strip()})." if new_labels else "")
+        return _export_files(batch, edited), f"Exported {len(edited)} image(s) with the edited labels.{unscored}"
 
     label_all.click(do_label_batch, [files, folder, batch_labels, batch_template, threshold, mode],
                     [table, batch_notes, exports, result_state], api_name="label_batch", concurrency_id=MODEL_QUEUE,

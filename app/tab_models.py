@@ -62,7 +62,9 @@ DEVICES = ["auto", "cpu", "cuda", "mps"]
 DTYPES = ["auto", "fp32", "bf16", "fp16", "int8", "int8-openvino"]
 
 
-def build(studio: Studio, banner_box: gr.Markdown) -> None:
+def build(studio: Studio) -> gr.Markdown:
+    """The tab; returns its summary of the loaded model (shown afresh whenever the tab is opened: a load in the
+    Fine-tune tab changes the model too)."""
     with gr.Row():
         with gr.Column(scale=2):
             loaded = studio.model  # the selectors start at the model that is actually loaded
@@ -85,7 +87,7 @@ def build(studio: Studio, banner_box: gr.Markdown) -> None:
                                       label="NaFlex sequence length (max patches; trained: 128–1024)")
             with gr.Row():
                 load = gr.Button("Load", variant="primary")
-                load_test = gr.Button("Load a small generated test model (untrained, works offline)")
+                load_test = gr.Button("Load the small test model (untrained, offline)")
             load_notes = gr.Markdown(elem_id="load-notes")
         with gr.Column(scale=3):
             summary = gr.Markdown(model_summary(studio), elem_id="model-summary")
@@ -93,32 +95,34 @@ def build(studio: Studio, banner_box: gr.Markdown) -> None:
                  label="The 17 released checkpoints (numbers from the SigLIP 2 paper)", interactive=False,
                  wrap=True, column_widths=["40%", "18%", "14%", "14%", "14%"], elem_id="paper-table")
 
-    # a failed load leaves the loaded model's summary and the banner as they were, and says why beside the button
-    @shown_in_place("keep", "keep", "notes")
+    # a failed load leaves the loaded model's summary as it was, and says why beside the button (the banner above
+    # the tabs is hidden on this tab, and drawn afresh when another tab is opened)
+    @shown_in_place("keep", "notes")
     def do_load(hub_id: str, folder: str, device_name: str, dtype_name: str, patches=256):
         patches = check_sequence_length(patches)  # before a slow load, not after
         studio.load((folder or "").strip() or hub_id, device=device_name, dtype=dtype_name)
         studio.set_max_patches(patches)
-        return model_summary(studio), banner(studio), other_model_indexes_note(studio)
+        return model_summary(studio), other_model_indexes_note(studio)
 
     @shown_in_place("keep", "notes")
     def do_set_patches(patches):
         studio.set_max_patches(patches)  # the model checks the value
         return model_summary(studio), ""
 
-    @shown_in_place("keep", "keep", "notes")
+    @shown_in_place("keep", "notes")
     def do_load_test(dtype_name: str = "auto"):
         studio.load_test_model(dtype=dtype_name)  # (on the CPU whatever the device chosen)
-        return model_summary(studio), banner(studio), other_model_indexes_note(studio)
+        return model_summary(studio), other_model_indexes_note(studio)
 
     # one source at a time, so that Load loads what the form shows: a checkpoint chosen empties the folder box
     # (which holds the loaded folder's path), a folder typed unselects the checkpoint
     choice.input(lambda: "", None, local, api_name=False, queue=False)
     local.input(lambda text: gr.Dropdown(value=None) if text.strip() else gr.skip(), local, choice, api_name=False,
                 queue=False)
-    load.click(do_load, [choice, local, device, dtype, max_patches], [summary, banner_box, load_notes],
+    load.click(do_load, [choice, local, device, dtype, max_patches], [summary, load_notes],
                api_name="load_model", concurrency_id="loader", concurrency_limit=1)
     max_patches.change(do_set_patches, max_patches, [summary, load_notes], api_name="set_max_patches",
                        concurrency_id=MODEL_QUEUE)
-    load_test.click(do_load_test, dtype, [summary, banner_box, load_notes], api_name="load_test_model",
+    load_test.click(do_load_test, dtype, [summary, load_notes], api_name="load_test_model",
                     concurrency_id="loader", concurrency_limit=1)
+    return summary

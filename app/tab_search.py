@@ -157,7 +157,7 @@ def _build_search(studio: Studio) -> gr.Dropdown:
             raise StudioError("Upload images or give a server folder to index.")
         summary = build_cancellably(studio, name, source, progress_callback(progress, "indexing"))
         return "\n\n".join(x for x in (build_summary_text(summary, renamed), studio.notes()) if x), gr.Dropdown(
-            choices=index_choices(studio.index_dir)[0], value=name)
+            choices=index_choices(studio.index_dir, studio.model)[0], value=name)
 
     def _run(name: str, terms, n: int, cut: float, path_part: str):
         with studio.job("searching") as model, studio.open_index(name) as index:
@@ -200,7 +200,11 @@ def _build_search(studio: Studio) -> gr.Dropdown:
     cancel.click(lambda name: studio.cancel(f"build {(name or '').strip()}"), new_name, None,
                  api_name=False, queue=False)
     with_cancel(build_button, cancel, do_build, [new_name, files, folder], [build_notes, index_name],
-                emptied=[build_notes], api_name="build_index", concurrency_id=MODEL_QUEUE, show_progress_on=build_notes)  # beside its button
+                emptied=[build_notes], api_name="build_index", concurrency_id=MODEL_QUEUE,
+                show_progress_on=build_notes)  # beside its button
+    # an error about the index chosen before ("choose an index", "no index named …") goes with it
+    index_name.change(lambda shown: "" if (shown or "").startswith("⛔") else gr.skip(), search_notes, search_notes,
+                      api_name=False, queue=False)
     text_inputs = [index_name, query, k, min_score, path_filter]
     results = [gallery, search_notes, shown_ids]
     # after new results nothing is selected; an open preview would show whichever result took its place: closed

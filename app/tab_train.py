@@ -337,9 +337,9 @@ def build(studio: Studio) -> None:
     for trigger, handler, inputs, api_name in ((start, do_train, [folder, upload, mode, epochs, batch_size, lr, device],
                                                 "fine_tune"), (resume, do_resume, [runs], "resume_fine_tune")):
         # afterwards a run that stopped early is the one chosen under Interrupted runs
-        with_cancel(trigger, stop, handler, inputs, [chart, status, report, out_folder], emptied=[status],
-                    api_name=api_name, concurrency_id=MODEL_QUEUE, show_progress_on=status).then(refresh_runs, out_folder, runs,
-                                                                              api_name=False, queue=False)
+        job = with_cancel(trigger, stop, handler, inputs, [chart, status, report, out_folder], emptied=[status],
+                          api_name=api_name, concurrency_id=MODEL_QUEUE, show_progress_on=status)
+        job.then(refresh_runs, out_folder, runs, api_name=False, queue=False)
     runs.focus(refresh_runs, runs, runs, api_name=False, queue=False)
     runs.change(show_settings, runs, [mode, epochs, batch_size, lr, device], api_name=False, queue=False)
     stop.click(lambda: cancel.set(), None, None, queue=False)

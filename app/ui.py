@@ -59,11 +59,19 @@ def build_app(studio: Studio) -> gr.Blocks:
                 tabs.append(tab)
                 tab_train.build(studio)
         with gr.Tab("Models", id="models") as models_tab:
-            tab_models.build(studio, banner_box)
-        # the banner points to the Models tab, whose own summary says the same: there it is hidden
-        models_tab.select(lambda: gr.Markdown(visible=False), None, banner_box, api_name=False, queue=False)
+            model_summary = tab_models.build(studio)
+        # the banner points to the Models tab, whose own summary says the same: there it is hidden; both are
+        # drawn afresh when shown (a load elsewhere, another visitor's included, changes the model)
+        models_tab.select(lambda: (gr.Markdown(visible=False), tab_models.model_summary(studio)), None,
+                          [banner_box, model_summary], api_name=False, queue=False)
         for tab in tabs:
             tab.select(lambda: tab_models.banner(studio), None, banner_box, api_name=False, queue=False)
+        demo.load(lambda: tab_models.banner(studio), None, banner_box, api_name=False, queue=False,
+                  show_progress="hidden")
+        # an Explore box still empty (the page opened before any index existed) takes the index just built
+        search_index, explore_index = index_dropdowns[0], index_dropdowns[-1]
+        search_index.change(lambda built, chosen: built if not chosen else gr.skip(), [search_index, explore_index],
+                            explore_index, api_name=False, queue=False)
         demo.load(lambda: fresh_index_dropdowns(studio, len(index_dropdowns)), None, index_dropdowns, api_name=False,
                   queue=False, show_progress="hidden")
     demo.queue(default_concurrency_limit=1, max_size=64)

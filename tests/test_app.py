@@ -113,7 +113,8 @@ def test_uploads_keep_their_own_names(client, tmp_path):
     names = ["beach day.jpg", "Straße 2.png", "beach day_1.jpg"]
     assert [row[0] for row in table["data"]] == names
     assert "Threshold 0, single-label: 3 of 3 image(s) labelled" in notes
-    assert "beach day.jpg: uploaded 2 times (the same file), labelled once" in notes
+    assert "- beach day.jpg: uploaded 2 times (the same file), labelled once" in notes  # a notice, not a ⛔
+    assert "- beach day.jpg (another image of that name) shown as **beach day_1.jpg**" in notes
     by_name = {Path(p).name: p for p in exports}
     with open(by_name["labels.csv"], encoding="utf-8") as handle:
         assert [row[0] for row in list(csv.reader(handle))[1:]] == names
@@ -207,13 +208,12 @@ def test_app_starts_without_a_model(tmp_path, naflex_model):
         example = handle_file(str(Path(__file__).parents[1] / "assets/examples/cat.jpg"))
         assert "No model is loaded" in client.predict(example, "cat", "{}", api_name="/classify")[1]
         assert "No model is loaded" in client.predict("any", "cat", 5, -1, "", api_name="/search_text")[1]
-        summary, banner, notes = client.predict("/no/such/checkpoint", "", "auto", "auto", 256,
-                                                api_name="/load_model")
+        summary, notes = client.predict("/no/such/checkpoint", "", "auto", "auto", 256, api_name="/load_model")
         assert "no such model folder" in notes and summary == {"__type__": "update"}  # left as it was
-        summary, _, notes = client.predict(api_name="/load_test_model")  # the Dtype dropdown's value: auto
+        summary, notes = client.predict(api_name="/load_test_model")  # the Dtype dropdown's value: auto
         assert notes.startswith("1 index here needs another model to be searched: older (built with ")
         assert "Untrained test model" in summary and "cpu, fp32" in summary
-        summary, _, _ = client.predict("int8", api_name="/load_test_model")
+        summary, _ = client.predict("int8", api_name="/load_test_model")
         assert "cpu, int8" in summary
         scores, _ = client.predict(example, "a cat, a rocket launch", "this is a photo of {}.",
                                    api_name="/classify")
@@ -320,6 +320,16 @@ def test_cancelled_build_keeps_what_it_stored(naflex_model, tmp_path):
     # the same row) does not tick another index than the one chosen
     build_cancellably(studio, "alpha", tmp_path / "older", lambda done, total: None)
     assert index_choices(studio.index_dir) == ([("older", "older"), ("trip", "trip"), ("alpha", "alpha")], "alpha")
+    # another model loaded: the indexes it cannot search are marked, and one it can search is preselected
+    from engine.index.build import build_index
+    from engine.model.loading import load_model
+    from engine.model.testmodel import make_test_model
+
+    other = load_model(str(make_test_model(tmp_path / "other", arch="naflex", seed=5)), device="cpu", dtype="fp32")
+    build_index(other, tmp_path / "older", "mine", studio.index_dir)
+    choices, latest = index_choices(studio.index_dir, other)
+    assert choices == [("older (built with another model)", "older"), ("trip (built with another model)", "trip"),
+                       ("alpha (built with another model)", "alpha"), ("mine", "mine")] and latest == "mine"
 
 
 @pytest.mark.parametrize("deployment", [None, "7"])
@@ -415,3 +425,23 @@ def test_a_cancelled_map_leaves_no_map_and_says_so(tmp_path):
     assert shown["explore-map"] is None and shown["explore-picked"] is None and shown["explore-card"] == ""
     assert shown["explore-selected"] == "" and shown["explore-clicked"] == ""
     assert not shown["explore-gallery"].value
+
+
+def test_edited_label_cells_and_a_new_threshold_keep_what_labelling_said(naflex_model, photo_root, tmp_path):
+    """A cell's labels split at ; (each once, whatever its case); re-thresholding says again which files were
+    skipped (its note replaced the labelling's, and the skipped files went unmentioned)."""
+    from app.studio import Studio
+    from app.tab_label import cell_labels
+    from app.ui import build_app
+
+    assert cell_labels("  ;;rocket ; Rocket;a, b") == ["rocket", "a, b"] and cell_labels(None) == []
+    studio = Studio(index_dir=tmp_path / "indexes", allowed_roots=[photo_root])
+    studio.model = naflex_model
+    demo = build_app(studio)
+    handlers = {f.fn.__name__: f.fn for f in demo.fns.values() if f.fn is not None}
+    _, labelled, _, batch = handlers["do_label_batch"](None, str(photo_root / "photos"), "cat, dog", "{}", 0.5,
+                                                       "multi")
+    assert "broken.jpg" in labelled
+    _, _, rethresholded = handlers["do_reassign"](batch, 0.0, "single")
+    assert rethresholded.startswith("Threshold 0, single-label: 8 of 8 image(s) labelled (no re-encoding).")
+    assert "⛔ broken.jpg" in rethresholded

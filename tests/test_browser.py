@@ -143,7 +143,8 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         page.get_by_label("Labels (zero-shot colouring)").wait_for(state="visible", timeout=10_000)
         assert not page.get_by_label("Clusters (k-means)").first.is_visible()
         page.get_by_label("cluster", exact=True).check()
-        page.locator("#explore-index input").fill("holiday")
+        # the page opened before any index existed: the Explore box took the index built in the Search tab
+        expect(page.locator("#explore-index input")).to_have_value("holiday")
         page.get_by_label("Text query to place on the map").fill("a rocket launch")
         page.get_by_role("button", name="Draw map").click()
         plot = page.locator("#explore-map .js-plotly-plot")
@@ -167,6 +168,9 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         page.mouse.click(*points[0])
         page.locator("#explore-picked img").first.wait_for(timeout=30_000)
         page.locator("#explore-card").get_by_text("cosine to the query", exact=False).wait_for(timeout=30_000)
+        page.wait_for_timeout(1000)  # a click is not an empty lasso: the query's nearest images stay
+        expect(page.locator("#explore-notes")).not_to_contain_text("No points inside")
+        expect(page.locator("#explore-gallery")).to_contain_text("Nearest to the query")
         page.get_by_role("button", name="Find similar", exact=True).click()
         page.locator("#explore-gallery").get_by_text("Most similar to", exact=False).wait_for(timeout=60_000)
         page.screenshot(path=str(SHOTS / "explore.png"), full_page=True)
@@ -204,11 +208,18 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         page.wait_for_function("() => !document.querySelector('#explore-map .js-plotly-plot')._fullLayout"
                                ".selections?.length", timeout=30_000)
         page.screenshot(path=str(SHOTS / "explore-redrawn.png"), full_page=True)
+        # another index chosen but not drawn yet: the map's points are still its own index's images
+        page.locator("#explore-index input").fill("nowhere")
+        page.locator("#explore-index input").press("Enter")  # (the typed name becomes the box's value)
+        page.wait_for_timeout(500)
+        points, _ = map_geometry()
+        page.mouse.click(*points[0])
+        page.locator("#explore-card").get_by_text("cosine to the query", exact=False).wait_for(timeout=30_000)
 
         # a map of an index that does not exist: the message replaces the map, nothing of the clicked point stays
-        page.locator("#explore-index input").fill("nowhere")
         page.get_by_role("button", name="Draw map").click()
         page.locator("#explore-notes").get_by_text("No index named 'nowhere'", exact=False).wait_for(timeout=30_000)
+        page.wait_for_function("() => !document.querySelector('#explore-map .js-plotly-plot')", timeout=30_000)
         page.locator("#explore-gallery").get_by_text("Nearest to the query").wait_for(timeout=30_000)
         page.wait_for_function("() => !document.querySelector('#explore-picked img') && "
                                "!document.querySelector('#explore-hover img') && "

@@ -60,6 +60,8 @@ def test_fine_tune_cancel_resume_and_load_in_a_browser(browser, tmp_path):
 
         page.get_by_role("button", name="Load this checkpoint").click()
         page.get_by_text(re.compile(r"^Loaded ")).wait_for(timeout=120_000)
+        page.get_by_role("tab", name="Models").click()  # the Models tab shows the checkpoint loaded here
+        expect(page.locator("#model-summary")).to_contain_text("-full-", timeout=30_000)
         assert "Traceback" not in app.output()
     except Exception:
         page.screenshot(path=str(SHOTS / "train-failure.png"), full_page=True)

@@ -63,8 +63,8 @@ def cmd_train(args) -> int:
         print(json.dumps(result.report(), indent=2))
     else:
         resumed = f" ({result.steps - result.first_step} of them now)" if result.first_step else ""
-        print(f"{result.steps}/{result.total_steps} steps{resumed} in {result.seconds:.1f} s; checkpoint: {result.out}"
-              + (" (stopped early: continue with --resume)" if result.stopped else ""))
+        print(f"{result.steps}/{result.total_steps} steps{resumed} in {result.seconds:.1f} s; "
+              f"checkpoint: {result.out}" + (" (stopped early: continue with --resume)" if result.stopped else ""))
         if result.after is not None:
             print(f"held-out {result.after.num_images} images:")
             print(comparison_table(result.before, result.after))
