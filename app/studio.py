@@ -19,8 +19,9 @@ from engine.model.testmodel import make_test_model
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
-UNTRAINED_WARNING = ("⚠️ **Untrained test model** (random weights): results are meaningless; "
-                     "they only show that the interface works. Load a real checkpoint (Models tab).")
+UNTRAINED = ("⚠️ **Untrained test model** (random weights): results are meaningless; "
+             "they only show that the interface works.")
+UNTRAINED_WARNING = f"{UNTRAINED} Load a real checkpoint (Models tab)."
 NO_MODEL = "No model is loaded. Open the **Models** tab and load a checkpoint (or the small test model)."
 
 

@@ -8,7 +8,7 @@ from engine import CHECKPOINTS, DEFAULT_MODEL
 from engine.model.preprocess import check_sequence_length
 
 from .common import MODEL_QUEUE, other_model_indexes_note, shown_in_place
-from .studio import UNTRAINED_WARNING, Studio
+from .studio import UNTRAINED, UNTRAINED_WARNING, Studio
 
 
 def image_setting_text(model) -> str:
@@ -24,7 +24,7 @@ def model_summary(studio: Studio) -> str:
         why = f"\n\n**Why:** {studio.load_error}" if studio.load_error else ""
         return f"### No model loaded{why}"
     lines = [f"### Loaded: `{model.name}`",
-             UNTRAINED_WARNING if model.untrained else "",
+             f"{UNTRAINED} Load a real checkpoint here." if model.untrained else "",
              "| property | value |", "|---|---|",
              f"| architecture | {'NaFlex (Siglip2Model)' if model.arch == 'naflex' else 'fixed resolution (SiglipModel)'} |",
              f"| patch size | {model.patch_size} |",

@@ -239,6 +239,7 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
 
         page.get_by_role("tab", name="Models").click()
         page.locator("#model-summary").get_by_text("Untrained test model", exact=False).first.wait_for(timeout=30_000)
+        expect(page.locator("#model-summary")).not_to_contain_text("(Models tab)")  # it is this tab
         page.screenshot(path=str(SHOTS / "models.png"), full_page=True)
         with narrow(page):  # all five columns of the paper's table, none cut off
             assert fits_its_box(page, "#paper-table")

@@ -62,7 +62,8 @@ def cmd_train(args) -> int:
     if args.json:
         print(json.dumps(result.report(), indent=2))
     else:
-        resumed = f" ({result.steps - result.first_step} of them now)" if result.first_step else ""
+        resumed = (f" ({result.steps - result.first_step} after resuming at step {result.first_step})"
+                   if result.first_step else "")
         print(f"{result.steps}/{result.total_steps} steps{resumed} in {result.seconds:.1f} s; "
               f"checkpoint: {result.out}" + (" (stopped early: continue with --resume)" if result.stopped else ""))
         if result.after is not None:
