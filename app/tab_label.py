@@ -15,7 +15,7 @@ from engine import StudioError
 from engine.label.export import LabelAssignment, assign_labels, unique_names, write_exports
 from engine.label.zeroshot import DEFAULT_TEMPLATES, ZeroShotResult, classify, parse_templates, prepare_labels
 from engine.model.images import find_images, read_file_bytes
-from engine.model.text import short_text
+from engine.model.text import lowercase_ascii, short_text
 
 from .common import (JOB_NOTES, MODEL_QUEUE, SERVE, ImageInput, gpu, progress_callback, shown_in_place,
                      uploaded_paths)
@@ -203,7 +203,7 @@ def cell_labels(cell) -> list[str]:
     labels = {}
     for part in str(cell or "").split(LABEL_SEPARATOR.strip()):
         if part.strip():
-            labels.setdefault(part.strip().lower(), part.strip())
+            labels.setdefault(lowercase_ascii(part.strip()), part.strip())
     return list(labels.values())
 
 
