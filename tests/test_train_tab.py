@@ -3,6 +3,7 @@ while it runs, honours cancel, reports before/after and loads the checkpoint it 
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import zipfile
@@ -98,7 +99,9 @@ def test_cancel_stops_early_resumes_and_bad_folder_is_refused(studio, tmp_path):
     [(label, folder)] = run_choices(studio)  # offered for resuming, with how far it got
     assert folder == last[3] and "step 1/" in label and "full" in label
     *_, resumed = resume_fine_tune(studio, folder, threading.Event())
-    assert resumed[1].startswith("Done: 20/20 steps (19 after resuming at step 1) in") and not run_choices(studio)
+    # (the step count depends on the held-out split, which hashes the data's paths: a temporary folder's)
+    done = re.match(r"Done: (\d+)/(\d+) steps \((\d+) after resuming at step 1\) in", resumed[1])
+    assert done and done[1] == done[2] and int(done[3]) == int(done[1]) - 1 and not run_choices(studio)
     with pytest.raises(StudioError, match="Choose an interrupted run"):
         list(resume_fine_tune(studio, "/etc", threading.Event()))
     with pytest.raises(StudioError, match="outside the folders"):
