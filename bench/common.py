@@ -93,3 +93,44 @@ def build_line(model, folder: Path, batch: int, workers: int | None = None, devi
     decoded_by = "nvJPEG on the device" if device_decode else "PIL in threads"
     return (f"JPEG files → index, batch {batch}, {workers or 'default'} threads, decoded by {decoded_by}: "
             f"{summary.rate:,.0f} img/s ({summary.encoded} images, {summary.seconds:.2f} s)")
+
+
+def timed_build_stages() -> dict[str, float]:
+    """Wraps the index build's stages with timers: the returned dict sums each stage's seconds on the main
+    thread (and the decoding thread's busy time) until cleared. For benchmarks only: the patch stays."""
+    from collections import defaultdict
+
+    from engine.index import build as build_module
+
+    seconds: dict[str, float] = defaultdict(float)
+
+    def timed_stage(name, function):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                seconds[name] += time.perf_counter() - start
+        return wrapper
+
+    def timed_iterator(name, function):
+        def wrapper(*args, **kwargs):
+            iterator = function(*args, **kwargs)
+            while True:
+                start = time.perf_counter()
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+                finally:
+                    seconds[name] += time.perf_counter() - start
+                yield item
+        return wrapper
+
+    build_module.ordered_parallel_map = timed_iterator("waiting for the reading threads",
+                                                       build_module.ordered_parallel_map)
+    build_module.start_pixel_batch = timed_stage("starting the model (collate, launch)", build_module.start_pixel_batch)
+    for method, name in (("_take_decoded", "waiting for the decoding thread"), ("_store", "storing (waits for vectors)"),
+                         ("_take", "taking reads"), ("_decode_on_device", "(the decoding thread busy)")):
+        setattr(build_module.FolderBuild, method, timed_stage(name, getattr(build_module.FolderBuild, method)))
+    return seconds

@@ -4,19 +4,18 @@ reading threads, waiting for the decoding thread, starting the model, storing; a
 thread was), for each of Python's thread switch intervals asked for. B/16, bf16, generated checkpoint.
 Needs a CUDA device and torchvision.
     python bench/gpu_stages.py [--images 8192] [--arch fixed] [--intervals 0.005,0.001] [--per-image-positions]
-                               [--check] [--profile FOLDER]
+                               [--check] [--profile FOLDER] [--variants no-encoder,side-stream,urgent-decoding]
 """
 import argparse
 import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
 
 sys.path.insert(0, ".")
 import torch
 
-from bench.common import checkpoint, machine, photos, timed
+from bench.common import checkpoint, machine, photos, timed, timed_build_stages
 from bench.encode import device_decode_rate
 from engine import load_model
 from engine.index import build as build_module
@@ -33,6 +32,11 @@ parser.add_argument("--per-image-positions", action="store_true",
 parser.add_argument("--check", action="store_true",
                     help="compare a build's vectors with the same files decoded and encoded one batch at a time, "
                          "the device idle in between (a race between decoding and encoding would show)")
+parser.add_argument("--variants", default="",
+                    help="builds again with: no-encoder (the model's work replaced by zeros: the ceiling of reading, "
+                         "decoding and storing), side-stream (the encoder on a stream of its own, not the legacy "
+                         "default one), urgent-decoding (the decoding streams at high priority), threads-N (N "
+                         "reading threads)")
 parser.add_argument("--profile", metavar="FOLDER",
                     help="then one build under torch.profiler: a Chrome trace (.json.gz, every thread's torch calls "
                          "and the GPU's kernels) and the top operations by host and device time, into FOLDER")
@@ -81,48 +85,17 @@ def decoding_figures() -> None:
 if not args.skip_decoding:
     decoding_figures()
 
-stage_seconds: dict[str, float] = defaultdict(float)
+stage_seconds = timed_build_stages()
 
 
-def timed_stage(name, function):
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            stage_seconds[name] += time.perf_counter() - start
-    return wrapper
-
-
-def timed_iterator(name, function):
-    def wrapper(*args, **kwargs):
-        iterator = function(*args, **kwargs)
-        while True:
-            start = time.perf_counter()
-            try:
-                item = next(iterator)
-            except StopIteration:
-                return
-            finally:
-                stage_seconds[name] += time.perf_counter() - start
-            yield item
-    return wrapper
-
-
-build_module.ordered_parallel_map = timed_iterator("waiting for the reading threads", build_module.ordered_parallel_map)
-build_module.start_pixel_batch = timed_stage("starting the model (collate, launch)", build_module.start_pixel_batch)
-for method, name in (("_take_decoded", "waiting for the decoding thread"), ("_store", "storing (waits for vectors)"),
-                     ("_take", "taking reads"), ("_decode_on_device", "(the decoding thread busy)")):
-    setattr(build_module.FolderBuild, method, timed_stage(name, getattr(build_module.FolderBuild, method)))
-
-
-def builds(label: str) -> None:
+def builds(label: str, workers: int | None = None) -> None:
     for interval in map(float, args.intervals.split(",")):
         sys.setswitchinterval(interval)
         for _ in range(args.repeats):
             stage_seconds.clear()
             with tempfile.TemporaryDirectory() as index_dir:
-                summary = build_module.build_index(model, paths[0].parent, "bench", index_dir, batch_size=512)
+                summary = build_module.build_index(model, paths[0].parent, "bench", index_dir, batch_size=512,
+                                                   workers=workers)
             stages = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stage_seconds.items())
             print(f"build {label}, switch interval {interval * 1e3:g} ms: {summary.rate:,.0f} img/s ({summary.encoded} "
                   f"in {summary.seconds:.2f} s); main thread: {stages}", flush=True)
@@ -131,6 +104,42 @@ def builds(label: str) -> None:
 with tempfile.TemporaryDirectory() as warm_up:  # the first build after loading runs slower (not printed)
     build_module.build_index(model, paths[0].parent, "bench", warm_up, batch_size=512)
 builds(f"B/16 {args.arch}")
+
+
+def variant_builds(variant: str) -> None:
+    """The builds again with one thing changed (see --variants), then put back."""
+    from contextlib import ExitStack
+
+    from engine.model import device_decode
+
+    with ExitStack() as undo:
+        workers = None
+        if variant == "no-encoder":
+            def zeros(**inputs):
+                first = next(iter(inputs.values()))
+                return torch.ones((first.shape[0], model.embed_dim), device=first.device)
+            model.image_features = zeros
+            undo.callback(delattr, model, "image_features")
+        elif variant == "side-stream":
+            undo.enter_context(torch.cuda.stream(torch.cuda.Stream()))
+        elif variant == "urgent-decoding":
+            highest = -100  # (torch maps a priority beyond the device's range to its end)
+            urgent = device_decode._Streams(torch.cuda.Stream(priority=highest), torch.cuda.Stream(priority=highest))
+            original = device_decode._streams
+            device_decode._streams = lambda device: urgent
+            undo.callback(setattr, device_decode, "_streams", original)
+        elif variant.startswith("threads-"):
+            workers = int(variant.removeprefix("threads-"))
+        else:
+            raise ValueError(f"unknown variant {variant!r}")
+        builds(f"B/16 {args.arch}, {variant}", workers)
+
+
+for variant in filter(None, args.variants.split(",")):
+    try:
+        variant_builds(variant)
+    except Exception as error:  # noqa: BLE001 - the other variants and checks still run
+        print(f"variant {variant} failed: {error!r}", flush=True)
 if args.check:
     import numpy as np
 

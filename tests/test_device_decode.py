@@ -161,6 +161,16 @@ def test_decoder_only_on_cuda_and_for_filters_it_matches(fixed_model, odd_models
         assert device_decoder(torch.device("cpu"), model.image_preprocessor) is None
     nearest = dataclasses.replace(fixed_model.image_preprocessor, resample=0)
     assert device_decoder(cuda, nearest) is None  # no antialiased nearest filter in torch
+    samples = []
+
+    def counting(encoded, device):
+        samples.append(len(encoded))
+        return on_the_host(encoded, device)
+
+    monkeypatch.setattr(device_decode, "torchvision_decoder", lambda: counting)
+    for _ in range(3):  # every index build asks; the sample JPEG is decoded once (nvJPEG took 0.2 s each time)
+        assert device_decoder(cuda, fixed_model.image_preprocessor) is counting
+    assert samples == [1]
     monkeypatch.setattr(device_decode, "torchvision_decoder", lambda: refusing)  # e.g. built without nvJPEG
     assert device_decoder(cuda, fixed_model.image_preprocessor) is None
 

@@ -9,7 +9,7 @@ from transformers import AutoImageProcessor
 
 from conftest import random_image
 from engine import load_model
-from engine.model.encode import embed_pixel_batch, encode_images, encode_texts
+from engine.model.encode import embed_pixel_batch, encode_images, encode_texts, ordered_parallel_map
 from engine.model.testmodel import make_test_model
 from test_text import independent_reference_ids
 
@@ -118,3 +118,24 @@ def test_naflex_positions_are_resized_once_per_grid_with_transformers_values(naf
     prepared = [naflex_model.image_preprocessor(image) for image in (wide, tall, wide, wide, tall)]
     embed_pixel_batch(naflex_model, prepared)
     assert sorted(calls) == sorted({(p.grid.rows, p.grid.cols) for p in prepared}) and len(calls) == 2
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16])
+def test_parallel_map_keeps_the_order_in_chunks_with_its_lookahead(chunk):
+    import threading
+    import time
+
+    started, lock = [], threading.Lock()
+
+    def slow_for_odd_items(item):
+        with lock:
+            started.append(item)
+        time.sleep(0.002 * (item % 2))  # later items finish first
+        return item * 10
+
+    results = []
+    for result in ordered_parallel_map(slow_for_odd_items, list(range(101)), workers=3, lookahead=20, chunk=chunk):
+        with lock:  # nothing more than the lookahead (and the chunk just submitted) under way
+            assert len(started) <= len(results) + 20 + chunk
+        results.append(result)
+    assert results == [item * 10 for item in range(101)]

@@ -487,3 +487,21 @@ def assert_same_hits(found, expected) -> None:
     """Same images in the same order with the same scores (random-model neighbours can be within 1e-5)."""
     assert [h.path for h in found] == [h.path for h in expected]
     np.testing.assert_allclose([h.score for h in found], [h.score for h in expected], atol=1e-6)
+
+
+def test_a_reader_skips_an_image_removed_while_it_replays(naflex_model, tmp_path):
+    """A build in another process can remove an image between the reader's look at the change log and its
+    read of the new vectors: the reader adds the vectors still stored, not a missing one."""
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    paths = make_folder(folder, count=3)
+    build_index(naflex_model, folder, "live", index_dir)
+    with ImageIndex.open("live", index_dir) as reader:
+        extra = make_folder(folder, count=1, start=3)[0]
+        build_index(naflex_model, folder, "live", index_dir)
+        added = reader.catalog.file_record(str(extra)).image_id
+        seen = [(reader.catalog.version, added, "add")]  # what the change log said then (a build prunes it)
+        extra.unlink()
+        build_index(naflex_model, folder, "live", index_dir)  # and its "remove", after the reader looked
+        reader.catalog.changes_since = lambda version: seen
+        reader.sync()
+        assert reader.index.ntotal == len(paths) and reader.faiss_version == reader.catalog.version

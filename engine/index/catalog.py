@@ -102,10 +102,14 @@ class Catalog:
         return row[0] if row else None
 
     def _rows_for_ids(self, sql: str, ids: Iterable[int]) -> Iterator[tuple]:
-        """Rows of `sql`, whose `{marks}` stands for the id list, 500 ids a query (SQLite's variable limit)."""
-        ids = [int(i) for i in ids]
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        """Rows of `sql`, whose `{marks}` stands for the id list."""
+        return self._rows_for_values(sql, [int(i) for i in ids])
+
+    def _rows_for_values(self, sql: str, values: list) -> Iterator[tuple]:
+        """Rows of `sql`, whose `{marks}` stands for `values`, 500 a query (SQLite's variable limit): an index
+        build's batch is looked up in a few queries, not one per file."""
+        for start in range(0, len(values), 500):
+            chunk = values[start : start + 500]
             yield from self.db.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
 
     def images(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
@@ -152,9 +156,20 @@ class Catalog:
     def embeddings_for(self, ids: Iterable[int], dim: int) -> np.ndarray:
         """(len(ids), dim) float32, in the order of `ids`."""
         ids = [int(i) for i in ids]
-        by_id = {image_id: np.frombuffer(blob, dtype=np.float32) for image_id, blob in self._rows_for_ids(
-            "SELECT id, embedding FROM images WHERE id IN ({marks})", ids)}
+        by_id = self._embeddings_by_id(ids)
         return np.stack([by_id[i] for i in ids]) if ids else np.zeros((0, dim), np.float32)
+
+    def stored_embeddings(self, ids: Iterable[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (m,) int64, vectors (m, dim) float32): those of `ids` still stored, in their order."""
+        ids = [int(i) for i in ids]
+        by_id = self._embeddings_by_id(ids)
+        present = [i for i in ids if i in by_id]
+        vectors = np.stack([by_id[i] for i in present]) if present else np.zeros((0, dim), np.float32)
+        return np.asarray(present, dtype=np.int64), vectors
+
+    def _embeddings_by_id(self, ids: list[int]) -> dict[int, np.ndarray]:
+        return {image_id: np.frombuffer(blob, dtype=np.float32) for image_id, blob in self._rows_for_ids(
+            "SELECT id, embedding FROM images WHERE id IN ({marks})", ids)}
 
     def changes_since(self, version: int) -> list[tuple[int, int, str]]:
         return list(self.db.execute("SELECT version, image_id, op FROM changes WHERE version > ? ORDER BY rowid",
@@ -173,19 +188,22 @@ class Catalog:
         try:
             version = self.version + 1
             files, new_ids = list(links), []
+            stored = dict(self._rows_for_values("SELECT sha256, id FROM images WHERE sha256 IN ({marks})",
+                                                list({image.sha256 for image in new_images})))
             for image in new_images:
-                image_id = self.image_id_for_hash(image.sha256)
+                image_id = stored.get(image.sha256)
                 if image_id is None:
                     cursor.execute("INSERT INTO images (sha256, width, height, embedding, added_at) VALUES (?,?,?,?,?)",
                                    (image.sha256, image.width, image.height,
                                     np.asarray(image.embedding, np.float32).tobytes(), now))
-                    image_id = cursor.lastrowid
+                    image_id = stored[image.sha256] = cursor.lastrowid
                     new_ids.append(image_id)
-                    cursor.execute("INSERT INTO changes VALUES (?, ?, 'add')", (version, image_id))
                 files += [FileRecord(path, image_id, size, mtime) for path, size, mtime in image.files]
+            cursor.executemany("INSERT INTO changes VALUES (?, ?, 'add')", [(version, i) for i in new_ids])
             crash_point("catalog-images")
             paths = removed_paths + [f.path for f in files]
-            touched = {r.image_id for r in (self.file_record(p) for p in paths) if r}
+            touched = {image_id for _, image_id in self._rows_for_values(
+                "SELECT path, image_id FROM files WHERE path IN ({marks})", list(set(paths)))}
             cursor.executemany("DELETE FROM files WHERE path=?", [(p,) for p in removed_paths])
             cursor.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?)",
                                [(f.path, f.image_id, f.size, f.mtime_ns, now) for f in files])

@@ -325,10 +325,9 @@ class ImageIndex:
                 self.index = self._rebuild_from_catalog(self.meta["factory"], trained=index)
                 return
         if added:
-            live = self.catalog.images(added)
-            added = [i for i in added if i in live]
-            if added:
-                index.add_with_ids(self.catalog.embeddings_for(added, self.dim), np.asarray(added, dtype=np.int64))
+            ids, vectors = self.catalog.stored_embeddings(added, self.dim)
+            if len(ids):
+                index.add_with_ids(vectors, ids)
         self.faiss_version = self.catalog.version
 
     def _rebuild_from_catalog(self, factory: str, trained: faiss.Index | None = None) -> faiss.Index:

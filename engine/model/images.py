@@ -165,13 +165,20 @@ def read_file_bytes(path: str | os.PathLike) -> tuple[bytes, str]:
             raise ImageReadError(name, "not a regular file")
         if info.st_size == 0:
             raise ImageReadError(name, "empty file (0 bytes)")
-        with os.fdopen(descriptor, "rb", closefd=False) as file:
-            data = file.read()
+        data = _read_all(descriptor, info.st_size)
     except OSError as error:
         raise ImageReadError(name, f"cannot be read ({error.strerror or error})") from None
     finally:
         os.close(descriptor)
     return data, hashlib.sha256(data).hexdigest()
+
+
+def _read_all(descriptor: int, size: int) -> bytes:
+    """The file's bytes by `os.read` (no file object: its setup cost the GIL as much as the read)."""
+    chunks = [os.read(descriptor, size + 1)]  # one read where the file still has the size fstat saw
+    while chunks[-1]:
+        chunks.append(os.read(descriptor, 1 << 20))
+    return chunks[0] if len(chunks) == 2 else b"".join(chunks)
 
 
 def decode_image_bytes(data: bytes, name: str,
@@ -198,7 +205,7 @@ def scan_folder(folder: Path) -> tuple[list[FileState], list[tuple[str, str]]]:
         dirs.sort()
         for name in sorted(names):
             path = os.path.join(root, name)
-            if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+            if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:  # (Path(name).suffix: 4× the time)
                 continue
             try:
                 stat = os.stat(path)
