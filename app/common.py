@@ -39,11 +39,15 @@ class InputMissing(StudioError):
     """A request that lacks an input another result did not need: nothing ran, so what is shown stays."""
 
 
+class JobCancelled(StudioError):
+    """A job stopped by its Cancel button: what the user asked for, said plainly rather than as an error."""
+
+
 def shown_in_place(*outputs: str):
     """Errors meant for users replace the event's result where it is shown, instead of a toast over a stale one.
 
     One word per output of the event: "clear" (emptied), "keep" (left as it is) or "notes" (the message,
-    "⛔ ..."); an InputMissing error keeps every result. Anything else is logged with its stack trace and worded
+    "⛔ ...", or as it is for a JobCancelled); an InputMissing error keeps every result. Anything else is logged with its stack trace and worded
     without it.
     """
 
@@ -55,7 +59,8 @@ def shown_in_place(*outputs: str):
                 log.exception("unexpected error in %s", fn.__name__, exc_info=error)
                 message = f"Unexpected error ({type(error).__name__}); details are in the server log."
             kept = isinstance(error, InputMissing)
-            values = tuple(f"⛔ {message}" if o == "notes" else None if o == "clear" and not kept else gr.skip()
+            shown = message if isinstance(error, JobCancelled) else f"⛔ {message}"
+            values = tuple(shown if o == "notes" else None if o == "clear" and not kept else gr.skip()
                            for o in outputs)
             return values if len(values) > 1 else values[0]
 

@@ -13,9 +13,8 @@ from engine.index.search import QueryTerm, compare_queries, parse_query, search,
 from engine.index.store import index_path
 from engine.model.text import short_text
 
-from .common import (JOB_NOTES, MODEL_QUEUE, SERVE, ImageInput, cancel_button, gpu,
-                     index_choices, index_dropdown, progress_callback, shown_in_place, thumbnail, uploaded_paths,
-                     with_cancel)
+from .common import (JOB_NOTES, MODEL_QUEUE, SERVE, ImageInput, JobCancelled, cancel_button, gpu, index_choices,
+                     index_dropdown, progress_callback, shown_in_place, thumbnail, uploaded_paths, with_cancel)
 from .studio import Studio
 
 
@@ -88,8 +87,8 @@ def build_cancellably(studio: Studio, name: str, source: Path, report) -> BuildS
 
     def step(done: int, total: int) -> None:
         if cancelled.is_set():  # committed batches stay: a later build goes on from them
-            raise StudioError(f"Build of {name!r} cancelled after {done} of {total} files; everything stored so "
-                              "far is kept, and building again continues from there.")
+            raise JobCancelled(f"Cancelled: the build of {name!r} stopped after {done} of {total} files; "
+                               "everything stored so far is kept, and building again continues from there.")
         report(done, total)
 
     with studio.job(f"building index {name}") as model:
@@ -220,6 +219,12 @@ def _build_search(studio: Studio) -> gr.Dropdown:
     return index_name
 
 
+def _rank_and_equal_widths(columns: int) -> list[str]:
+    """A narrow rank column and equal shares for the rest: a narrow window's table fits its box (its long file
+    names break, ui.CSS), where the widths Gradio measured from the names made it scroll sideways."""
+    return ["9%"] + [f"{91 / columns:.2f}%"] * columns
+
+
 def _build_compare(studio: Studio) -> gr.Dropdown:
     with gr.Accordion("Compare languages", open=False):
         with gr.Row():
@@ -236,7 +241,7 @@ def _build_compare(studio: Studio) -> gr.Dropdown:
                 overlap_table = gr.Dataframe(label="Overlap of the top-k between languages (shared results / k)",
                                              headers=["query"], interactive=False, wrap=True)
                 compare_table = gr.Dataframe(label="Top results per language (file names)", headers=["rank"],
-                                             interactive=False, wrap=True)  # a long name wraps, not cut
+                                             interactive=False, wrap=True, elem_id="compare-table")
 
     @gpu
     @shown_in_place("clear", "clear", "clear", "notes")
@@ -255,7 +260,7 @@ def _build_compare(studio: Studio) -> gr.Dropdown:
                    for rank, h in enumerate(result.hits, start=1)]
             thumbnails += [item for item in row if item[0] is not None]
         return (gr.Gallery(thumbnails, columns=max(depth, 1)), gr.Dataframe(overlap, headers=["query"] + headers),
-                gr.Dataframe(rows, headers=["rank"] + headers),
+                gr.Dataframe(rows, headers=["rank"] + headers, column_widths=_rank_and_equal_widths(len(headers))),
                 studio.notes(list(dict.fromkeys(w for result in comparison.results for w in result.warnings))))
 
     compare_button.click(do_compare, [index_name, languages, k],

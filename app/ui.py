@@ -16,6 +16,8 @@ CSS = """
 /* narrow windows: a table's words wrap whole (a header read "probabilit y"); long file names may still break */
 #label-notes th, #label-notes td, #batch-table th { word-break: normal; overflow-wrap: normal; hyphens: none; }
 #label-notes td:first-child { overflow-wrap: anywhere; }
+#compare-table td { overflow-wrap: anywhere; }
+#compare-table th { word-break: normal; overflow-wrap: normal; hyphens: none; }
 /* as many result columns as fit (a fixed count in a narrow box cut the last ones off at the right) */
 #search-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)) !important; }
 #explore-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(110px, 1fr)) !important; }

@@ -288,10 +288,9 @@ def test_sequence_length_setting(client):
 
 
 def test_cancelled_build_keeps_what_it_stored(naflex_model, tmp_path):
-    from app.common import index_choices
+    from app.common import JobCancelled, index_choices
     from app.studio import Studio
     from app.tab_search import build_cancellably
-    from engine import StudioError
     from engine.index.store import ImageIndex
     from test_index import make_folder
 
@@ -305,7 +304,7 @@ def test_cancelled_build_keeps_what_it_stored(naflex_model, tmp_path):
         if done == 35:
             studio.cancel("build trip")
 
-    with pytest.raises(StudioError, match="cancelled after 36 of 40"):
+    with pytest.raises(JobCancelled, match="^Cancelled: the build of 'trip' stopped after 36 of 40"):
         build_cancellably(studio, "trip", tmp_path / "photos", press_cancel_at_file_35)
     with ImageIndex.open("trip", studio.index_dir) as index:
         stored = index.info().images
@@ -445,3 +444,19 @@ def test_edited_label_cells_and_a_new_threshold_keep_what_labelling_said(naflex_
     _, _, rethresholded = handlers["do_reassign"](batch, 0.0, "single")
     assert rethresholded.startswith("Threshold 0, single-label: 8 of 8 image(s) labelled (no re-encoding).")
     assert "⛔ broken.jpg" in rethresholded
+
+
+def test_a_cancel_is_said_plainly_and_an_error_with_its_mark():
+    from app.common import JobCancelled, shown_in_place
+    from engine import StudioError
+
+    @shown_in_place("notes", "clear")
+    def stopped():
+        raise JobCancelled("Cancelled: the build of 'trip' stopped after 3 of 9 files.")
+
+    @shown_in_place("notes", "clear")
+    def failed():
+        raise StudioError("trip.jpg: truncated JPEG")
+
+    assert stopped() == ("Cancelled: the build of 'trip' stopped after 3 of 9 files.", None)
+    assert failed() == ("⛔ trip.jpg: truncated JPEG", None)

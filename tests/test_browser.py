@@ -38,6 +38,20 @@ def fits_its_box(page, selector: str) -> bool:
         .every(x => x.scrollWidth <= x.clientWidth + 1 || x.clientWidth === 0)""")
 
 
+def lines_of(page, selector: str, text: str) -> int:
+    """How many lines the first visible text `text` in `selector` takes (a narrow column wraps it)."""
+    return page.locator(selector).first.evaluate("""(e, text) => {
+        const walker = document.createTreeWalker(e, NodeFilter.SHOW_TEXT);
+        for (let node; (node = walker.nextNode());) {
+            if (node.textContent.trim() === text && node.parentElement.checkVisibility()) {
+                const range = document.createRange();
+                range.selectNodeContents(node);
+                return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size;
+            }
+        }
+        return 0; }""", text)
+
+
 def test_label_and_search_in_a_browser(browser, tmp_path):
     root = tmp_path / "allowed"
     (root / "photos").mkdir(parents=True)
@@ -135,6 +149,8 @@ def test_label_and_search_in_a_browser(browser, tmp_path):
         with narrow(page):  # the results under the form, at their full width
             page.screenshot(path=str(SHOTS / "compare-800px.png"), full_page=True)
             assert fits_its_box(page, "#compare-gallery .grid-container")
+            assert fits_its_box(page, "#compare-table")  # its file names wrap, no sideways scrolling
+            assert lines_of(page, "#compare-table", "rank") == 1
 
         # Explore: draw the map, place a query, hover and click a point, find similar, lasso all points
         page.get_by_role("tab", name="Explore").click()
