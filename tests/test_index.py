@@ -505,3 +505,13 @@ def test_a_reader_skips_an_image_removed_while_it_replays(naflex_model, tmp_path
         reader.catalog.changes_since = lambda version: seen
         reader.sync()
         assert reader.index.ntotal == len(paths) and reader.faiss_version == reader.catalog.version
+
+
+def test_the_folder_scan_reads_extensions_as_pathlib_does(tmp_path):
+    from engine.model.images import scan_folder
+
+    names = ["..jpg", "a.tar.jpg", "photo.JPG", ".jpg", "photo.", "notes.txt", "x.png"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    found, _ = scan_folder(tmp_path)
+    assert sorted(os.path.basename(state.path) for state in found) == ["..jpg", "a.tar.jpg", "photo.JPG", "x.png"]

@@ -174,10 +174,15 @@ def device_decoder(device: torch.device, preprocessor: ImagePreprocessor) -> Jpe
     return decoder if decoder is not None and _decodes_a_sample(decoder, device) else None
 
 
-@functools.lru_cache(maxsize=16)
+_WORKING_DECODERS: set[tuple[JpegDecoder, torch.device]] = set()
+
+
 def _decodes_a_sample(decoder: JpegDecoder, device: torch.device) -> bool:
     """Whether `decoder` decodes a tiny JPEG on `device`: a torchvision built without nvJPEG would otherwise
-    fail every batch. Once per process: this decode took nvJPEG 0.2 s after a build's batches (H200)."""
+    fail every batch. A success is remembered for the process (this decode took nvJPEG 0.2 s after a build's
+    batches, H200); a failure is tried again at the next build (it may have been a full GPU, for a while)."""
+    if (decoder, device) in _WORKING_DECODERS:
+        return True
     sample = io.BytesIO()
     Image.new("RGB", (16, 8), (200, 30, 90)).save(sample, "JPEG")
     encoded = [torch.frombuffer(sample.getvalue(), dtype=torch.uint8)]
@@ -189,6 +194,7 @@ def _decodes_a_sample(decoder: JpegDecoder, device: torch.device) -> bool:
     except Exception as error:  # noqa: BLE001 - any failure here means: decode with PIL
         log.warning("JPEG decoding on %s is not available (%s); decoding with PIL on the CPU", device, error)
         return False
+    _WORKING_DECODERS.add((decoder, device))
     return True
 
 

@@ -205,7 +205,7 @@ def scan_folder(folder: Path) -> tuple[list[FileState], list[tuple[str, str]]]:
         dirs.sort()
         for name in sorted(names):
             path = os.path.join(root, name)
-            if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:  # (Path(name).suffix: 4× the time)
+            if _suffix(name).lower() not in IMAGE_EXTENSIONS:
                 continue
             try:
                 stat = os.stat(path)
@@ -217,6 +217,13 @@ def scan_folder(folder: Path) -> tuple[list[FileState], list[tuple[str, str]]]:
                 continue
             found.append(FileState(path, stat.st_size, stat.st_mtime_ns))
     return found, problems
+
+
+def _suffix(name: str) -> str:
+    """`Path(name).suffix` ("..jpg" -> ".jpg", ".jpg" -> ""), at a quarter of its cost: a GPU build scans
+    thousands of names a second."""
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
 
 
 def find_images(folder: str | Path) -> tuple[list[str], list[tuple[str, str]]]:
