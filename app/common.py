@@ -47,8 +47,8 @@ def shown_in_place(*outputs: str):
     """Errors meant for users replace the event's result where it is shown, instead of a toast over a stale one.
 
     One word per output of the event: "clear" (emptied), "keep" (left as it is) or "notes" (the message,
-    "⛔ ...", or as it is for a JobCancelled); an InputMissing error keeps every result. Anything else is logged with its stack trace and worded
-    without it.
+    "⛔ ...", or as it is for a JobCancelled); an InputMissing error keeps every result. Anything else is
+    logged with its stack trace and worded without it.
     """
 
     def wrap(fn):

@@ -130,7 +130,8 @@ def timed_build_stages() -> dict[str, float]:
     build_module.ordered_parallel_map = timed_iterator("waiting for the reading threads",
                                                        build_module.ordered_parallel_map)
     build_module.start_pixel_batch = timed_stage("starting the model (collate, launch)", build_module.start_pixel_batch)
-    for method, name in (("_take_decoded", "waiting for the decoding thread"), ("_store", "storing (waits for vectors)"),
-                         ("_take", "taking reads"), ("_decode_on_device", "(the decoding thread busy)")):
+    for method, name in (("_take_decoded", "waiting for the decoding thread"),
+                         ("_store", "storing (waits for vectors)"), ("_take", "taking reads"),
+                         ("_decode_on_device", "(the decoding thread busy)")):
         setattr(build_module.FolderBuild, method, timed_stage(name, getattr(build_module.FolderBuild, method)))
     return seconds
