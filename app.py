@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from engine import DEFAULT_MODEL, StudioError
-from engine.index.store import default_index_dir
+from engine.index.listing import default_index_dir
 
 ROOT = Path(__file__).resolve().parent
 MAX_UPLOAD = "50mb"

@@ -16,7 +16,7 @@ import gradio as gr
 
 from engine import StudioError
 from engine.index.build import uploads_folder
-from engine.index.store import built_by, index_entries, indexes_of_other_models
+from engine.index.listing import built_by, index_entries, indexes_of_other_models
 from engine.model.images import open_image
 
 log = logging.getLogger("app")

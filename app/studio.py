@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import LoadedModel, StudioError, load_model
-from engine.index.store import ImageIndex, index_exists
+from engine.index.listing import index_exists
+from engine.index.store import ImageIndex
 from engine.model.encode import serve_concurrently, stop_serving
 from engine.model.text import short_text
 from engine.paths import AllowedRoots

@@ -16,7 +16,7 @@ from engine import StudioError
 from engine.explore.map import DEFAULT_MAX_POINTS, ExploreMap, PointDetails, explore_index, point_details
 from engine.index.search import similar_images
 from engine.index.catalog import Catalog
-from engine.index.store import CATALOG, index_path
+from engine.index.listing import CATALOG, index_path
 from engine.model.text import short_text
 
 from .common import (MODEL_QUEUE, cancel_button, gpu, index_dropdown, path_as_known,

@@ -10,7 +10,7 @@ import gradio as gr
 from engine import StudioError
 from engine.index.build import BuildSummary, build_index, stage_uploads
 from engine.index.search import QueryTerm, compare_queries, parse_query, search, similar_images
-from engine.index.store import index_path
+from engine.index.listing import index_path
 from engine.model.text import short_text
 
 from .common import (JOB_NOTES, MODEL_QUEUE, SERVE, ImageInput, JobCancelled, cancel_button, gpu, index_choices,

@@ -22,7 +22,7 @@ from conftest import random_image
 from engine.index.build import build_index
 from engine.index.store import ImageIndex
 from engine.model.device_decode import (DeviceJpeg, device_decoder, device_jpeg, orient, prepare_on_device,
-                                        resize_pixels)
+                                        prepare_what_decodes, resize_pixels)
 from engine.model.images import open_image
 from test_corpus import check, make_corpus
 
@@ -383,3 +383,8 @@ def test_a_decoder_that_refuses_every_file_is_given_up(naflex_model, tmp_path, m
     summary = build_index(naflex_model, tmp_path / "photos", "given-up", tmp_path, batch_size=8)
     assert (summary.encoded, summary.skipped) == (24, [])  # all decoded by PIL
     assert len(calls) == 2 * 8 - 1  # the first batch halved down to single files, then no more tries
+
+
+def test_no_jpegs_prepare_to_no_images(naflex_model):
+    cpu = torch.device("cpu")
+    assert prepare_what_decodes([], naflex_model.image_preprocessor, cpu, refusing).images == []

@@ -18,7 +18,8 @@ import pytest
 from engine.errors import IndexStoreError
 from engine.index.build import build_index
 from engine.index.search import search
-from engine.index.store import FINGERPRINT_TEXT, ImageIndex
+from engine.index.listing import FINGERPRINT_TEXT
+from engine.index.store import ImageIndex
 from engine.model.encode import encode_images, encode_texts
 from engine.model.images import read_file_bytes
 from test_index import assert_consistent, make_folder

@@ -139,3 +139,17 @@ def test_parallel_map_keeps_the_order_in_chunks_with_its_lookahead(chunk):
             assert len(started) <= len(results) + 20 + chunk
         results.append(result)
     assert results == [item * 10 for item in range(101)]
+
+
+@pytest.mark.parametrize("chunk", [1, 16])
+def test_parallel_map_gives_the_results_before_an_error_then_raises_it(chunk):
+    def fails_at_37(item):
+        if item == 37:
+            raise OSError("disk gone")
+        return item
+
+    results = []
+    with pytest.raises(OSError, match="disk gone"):
+        for result in ordered_parallel_map(fails_at_37, list(range(100)), workers=2, lookahead=32, chunk=chunk):
+            results.append(result)
+    assert results == list(range(37))  # an index build stores these before it stops

@@ -12,7 +12,8 @@ from PIL import Image
 from conftest import random_image
 from engine.model.encode import encode_images
 from engine.errors import IndexStoreError, QueryError
-from engine.index.store import ImageIndex, index_path, list_indexes, remove_index
+from engine.index.listing import index_path, list_indexes
+from engine.index.store import ImageIndex, remove_index
 from engine.cli.index import describe_build
 from engine.index.build import build_index
 from engine.index.search import compare_queries, embed_query, parse_query, search
@@ -164,7 +165,7 @@ def test_query_parsing_errors():
 
 def test_a_stopped_build_says_so_until_a_build_ends(naflex_model, tmp_path):
     from engine.index.search import similar_images
-    from engine.index.store import unfinished_indexes
+    from engine.index.listing import unfinished_indexes
 
     folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
     make_folder(folder, count=10)

@@ -10,7 +10,8 @@ from ..errors import IndexStoreError
 from ..index.build import BuildSummary, build_index, folder_to_index
 from ..index.export import FORMATS, export_index
 from ..index.search import search
-from ..index.store import ImageIndex, default_index_dir, index_exists, index_path, list_indexes, remove_index
+from ..index.listing import default_index_dir, index_exists, index_path, list_indexes
+from ..index.store import ImageIndex, remove_index
 from ..model.registry import DEFAULT_MODEL
 from .common import add_model_options, load_from_args, progress_bar, warn_all
 

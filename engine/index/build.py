@@ -34,7 +34,8 @@ from ..model.images import IMAGE_EXTENSIONS, FileState, decode_image_bytes, read
 from ..model.loading import LoadedModel
 from ..model.preprocess import PreparedImage
 from .catalog import Catalog, FileRecord, NewImage
-from .store import CATALOG, ImageIndex, default_index_dir, index_exists, index_path, remove_index
+from .listing import CATALOG, default_index_dir, index_exists, index_path
+from .store import ImageIndex, remove_index
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from ..model.openvino_int8 import OPENVINO_INT8
 from ..model.preprocess import ImagePreprocessor
 from .build import BuildSummary, FolderBuild, building, folder_to_index
 from .shards import ShardRows, ingest_shards, shard_files, write_shard, written_paths
-from .store import model_fingerprint
+from .listing import model_fingerprint
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHARDS, INGESTED = "shards", "ingested"

@@ -22,7 +22,8 @@ from ..errors import IndexStoreError
 from ..faults import crash_point
 from ..model.encode import ProgressCallback
 from .catalog import FileRecord, NewImage
-from .store import FINGERPRINT_TEXT, ImageIndex
+from .listing import FINGERPRINT_TEXT
+from .store import ImageIndex
 from .vectors import fsync_directory
 
 COLUMNS = ("sha256", "path", "size", "mtime_ns", "width", "height", "vector")  # required; `error` optional

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
+import shutil
 import threading
 import time
-import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -25,15 +24,13 @@ from filelock import FileLock, Timeout
 
 from ..errors import IndexStoreError
 from ..faults import crash_point
-from ..model.encode import encode_texts
 from ..model.loading import LoadedModel
 from . import vectors as vi
 from .catalog import SCHEMA_VERSION, Catalog
+from .listing import (BUILD_FINISHED, CATALOG, build_finished, built_by, index_exists, index_path,
+                      model_fingerprint)
 
 log = logging.getLogger(__name__)
-INDEX_DIR_ENV = "STUDIO_INDEX_DIR"
-CATALOG = "catalog.sqlite"
-_NAME = re.compile(r"^[\w][\w .-]{0,63}$")
 _FAISS_FILE = re.compile(r"^vectors\.v(\d+)\.faiss$")
 # FAISS indexes loaded for reading (one per index, up to 4 indexes), shared by read-only opens of the same
 # catalogue version: a search server opens the index per request, and reading a 1M-vector file each time
@@ -43,8 +40,6 @@ _READ_CACHE: OrderedDict[tuple, tuple[faiss.Index, int]] = OrderedDict()
 _READ_CACHE_SIZE = 4
 _read_cache_lock = threading.Lock()
 
-FINGERPRINT_TEXT = "siglip 2 studio index fingerprint"
-BUILD_FINISHED = "build_finished"  # meta key: the last build ran to its end
 LEGACY_PRECISION = "fp32"  # indexes written before precisions were recorded were all built in fp32
 
 
@@ -53,44 +48,6 @@ def forget_loaded_indexes() -> None:
     started process would), e.g. after index files were replaced by hand."""
     with _read_cache_lock:
         _READ_CACHE.clear()
-
-
-def default_index_dir() -> Path:
-    return Path(os.environ.get(INDEX_DIR_ENV) or Path(__file__).resolve().parents[2] / "indexes")
-
-
-def index_path(name: str, index_dir: str | Path | None = None) -> Path:
-    """`index_dir/name`, refusing names that could leave the index folder."""
-    if not name or not _NAME.match(name) or ".." in name or os.sep in name or name.startswith("."):
-        raise IndexStoreError(
-            f"Index name {name!r} is not allowed: use letters, digits, spaces, '.', '-' and '_' (no paths).")
-    root = Path(index_dir or default_index_dir()).resolve()
-    path = (root / name).resolve()
-    if path.parent != root:
-        raise IndexStoreError(f"Index name {name!r} would leave {root}")
-    return path
-
-
-def index_exists(name: str, index_dir: str | Path | None = None) -> bool:
-    return (index_path(name, index_dir) / CATALOG).exists()
-
-
-_fingerprints: weakref.WeakKeyDictionary[LoadedModel, list[float]] = weakref.WeakKeyDictionary()
-
-
-def model_fingerprint(model: LoadedModel) -> list[float]:
-    """The embedding of a fixed text: tells two checkpoints apart whatever their path. Cached per model."""
-    if model not in _fingerprints:
-        _fingerprints[model] = [round(float(x), 6) for x in encode_texts(model, [FINGERPRINT_TEXT]).vectors[0]]
-    return _fingerprints[model]
-
-
-def built_by(meta: dict, model: LoadedModel) -> bool:
-    """Whether the index with this meta was built by `model`'s weights (whatever their path or precision)."""
-    same_shape = model.embed_dim == int(meta["dim"]) and model.arch == meta["arch"]
-    stored = np.asarray(meta["fingerprint"], dtype=np.float32)
-    # 0.995: the same weights in bf16 and fp32 agree far closer; another checkpoint does not
-    return same_shape and float(np.dot(stored, model_fingerprint(model))) >= 0.995
 
 
 @dataclass
@@ -457,56 +414,7 @@ class ImageIndex:
         self._set_meta(**{BUILD_FINISHED: finished})
 
 
-def list_indexes(index_dir=None) -> list[str]:
-    root = Path(index_dir or default_index_dir())
-    return sorted(p.name for p in root.iterdir() if (p / CATALOG).exists()) if root.exists() else []
-
-
-def build_finished(meta: dict) -> bool:
-    """Whether an index's last build ran to its end, from its meta (indexes from before the flag: finished)."""
-    return bool(meta.get(BUILD_FINISHED, True))
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    """An index as a listing shows it."""
-
-    name: str
-    created_at: float
-    changed_at: float  # its catalogue's last change
-    finished: bool  # whether its last build ran to its end
-    meta: dict = field(default_factory=dict, repr=False, compare=False)
-
-
-def index_entries(index_dir=None) -> list[IndexEntry]:
-    """The indexes in `index_dir`, oldest first: a new one comes last, so a list shown earlier keeps its order."""
-    entries = []
-    for name in list_indexes(index_dir):
-        path = index_path(name, index_dir) / CATALOG
-        catalog = Catalog(path, readonly=True)
-        try:
-            meta = catalog.get_meta()
-        finally:
-            catalog.close()
-        entries.append(IndexEntry(name, meta.get("created_at", 0.0), path.stat().st_mtime, build_finished(meta),
-                                  meta))
-    return sorted(entries, key=lambda entry: (entry.created_at, entry.name))
-
-
-def indexes_of_other_models(model: LoadedModel, index_dir=None) -> list[IndexEntry]:
-    """The indexes that `model` cannot search: built by other weights (another checkpoint, or before a
-    fine-tune)."""
-    return [entry for entry in index_entries(index_dir) if not built_by(entry.meta, model)]
-
-
-def unfinished_indexes(index_dir=None) -> set[str]:
-    """The indexes whose last build has not run to its end (cancelled, failed, killed, or running now)."""
-    return {entry.name for entry in index_entries(index_dir) if not entry.finished}
-
-
 def remove_index(name: str, index_dir=None) -> None:
-    import shutil
-
     path = index_path(name, index_dir)
     if not index_exists(name, index_dir):
         raise IndexStoreError(f"No index named {name!r} in {path.parent}.")

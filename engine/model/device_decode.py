@@ -285,6 +285,8 @@ def _what_decodes(jpegs: list[DeviceJpeg], preprocessor: ImagePreprocessor, devi
                   decoder: JpegDecoder) -> list[PreparedImage | None]:
     """A refused batch is halved until the files at fault are alone (one bad file costs about twice the
     batch's decoding, not the batch)."""
+    if not jpegs:
+        return []
     try:
         return _prepare(jpegs, preprocessor, device, decoder)
     except Exception as error:  # noqa: BLE001 - the caller decodes refused files with PIL, which says why

@@ -93,17 +93,30 @@ def ordered_parallel_map(fn: Callable, items: Sequence, workers: int | None = No
     """
     workers = workers or min(8, (os.cpu_count() or 2))
 
-    def run(part: Sequence) -> list:
-        return [fn(item) for item in part]
+    def run(part: Sequence) -> tuple[list, Exception | None]:
+        """The results up to the first exception, and the exception: the caller gets those before it."""
+        results = []
+        try:
+            for item in part:
+                results.append(fn(item))
+        except Exception as error:  # noqa: BLE001 - raised to the caller after the results before it
+            return results, error
+        return results, None
+
+    def results_of(future) -> Iterator:
+        results, error = future.result()
+        yield from results
+        if error is not None:
+            raise error
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         pending: deque = deque()
         for start in range(0, len(items), chunk):
             pending.append(pool.submit(run, items[start:start + chunk]))
             if len(pending) * chunk >= lookahead:
-                yield from pending.popleft().result()
+                yield from results_of(pending.popleft())
         for future in pending:
-            yield from future.result()
+            yield from results_of(future)
 
 
 @dataclass
