@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from engine import StudioError
-from engine.index.build import uploads_folder
+from engine.index.uploads import uploads_folder
 from engine.index.listing import built_by, index_entries, indexes_of_other_models
 from engine.model.images import open_image
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import gradio as gr
 
 from engine import StudioError
-from engine.index.build import BuildSummary, build_index, stage_uploads
+from engine.index.build import BuildSummary, build_index
+from engine.index.uploads import stage_uploads
 from engine.index.search import QueryTerm, compare_queries, parse_query, search, similar_images
 from engine.index.listing import index_path
 from engine.model.text import short_text

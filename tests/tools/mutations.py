@@ -302,7 +302,7 @@ MUTATIONS = [
              "    if len(name) > CAPTION_NAME:", "    if False:", ("tests/test_app.py",)),
     Mutation("map: UMAP's n_jobs warning in the log at every map drawn", "engine/explore/map.py",
              "random_state=seed, n_jobs=1,", "random_state=seed,", ("tests/test_project_export.py",)),
-    Mutation("uploads: a second upload of one name written over the first", "engine/index/build.py",
+    Mutation("uploads: a second upload of one name written over the first", "engine/index/uploads.py",
              "if not target.exists() or filecmp.cmp(upload, target, shallow=False):", "if True:",
              ("tests/test_app.py::test_uploads_build_an_index",)),
     Mutation("search: a query image's error names its temporary upload path", "engine/index/search.py",
