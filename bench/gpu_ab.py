@@ -12,7 +12,7 @@ import re
 import statistics
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 sys.path.insert(0, ".")
@@ -34,11 +34,18 @@ RATE = re.compile(r"^(AFTER|BEFORE) (\w+): .*?: ([\d,]+) img/s")
 
 
 def build_side(label: str, engine_root: str) -> None:
-    """In the child interpreter: builds with the engine under `engine_root`, one line each."""
+    """In the child interpreter: builds with the engine under `engine_root`, one line each (PREPARE: the photos
+    and checkpoints, made by this tree's code before either side reads them; CUDA stays out of the parent)."""
     sys.path.insert(0, engine_root)
     import engine
     from engine import load_model
 
+    if label == "PREPARE":
+        print("machine:", common.machine(), flush=True)
+        common.photos(args.images)
+        for arch in args.arch.split(","):
+            common.checkpoint(arch, args.size)
+        return
     print(f"{label}: engine from {Path(engine.__file__).parent}", flush=True)
     folder = common.photos(args.images)[0].parent
     for arch in args.arch.split(","):
@@ -53,8 +60,10 @@ def build_side(label: str, engine_root: str) -> None:
 def run_side(label: str, engine_root: str, rates: dict) -> None:
     command = [sys.executable, __file__, args.before, "--side", f"{label}={engine_root}"]
     command += [f"--{name}={getattr(args, name)}" for name in ("builds", "images", "arch", "device", "size", "batch")]
-    start = time.monotonic()
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as child:
+        limit = args.timeout * (3 if label == "PREPARE" else 1)  # (8,192 photos are written once, the first time)
+        watchdog = threading.Timer(limit, child.kill)  # also a child that hangs without a word
+        watchdog.start()
         for line in child.stdout:
             if "Loading weights" in line or "Writing model" in line or not line.strip():
                 continue
@@ -62,20 +71,17 @@ def run_side(label: str, engine_root: str, rates: dict) -> None:
             match = RATE.match(line)
             if match:
                 rates.setdefault((match[2], match[1]), []).append(float(match[3].replace(",", "")))
-            if time.monotonic() - start > args.timeout:
-                child.kill()
-                print(f"{label}: stopped after {args.timeout:.0f} s", flush=True)
+        if not watchdog.is_alive():
+            print(f"{label}: stopped after {limit:.0f} s", flush=True)
+        watchdog.cancel()
 
 
 if args.side:
     build_side(*args.side.split("=", 1))
     sys.exit()
 
-print("machine:", common.machine(), flush=True)
-common.photos(args.images)  # made once, by this tree's code, before either side reads them
-for arch in args.arch.split(","):
-    common.checkpoint(arch, args.size)
 rates: dict[tuple[str, str], list[float]] = {}
+run_side("PREPARE", str(Path(".").resolve()), rates)
 sides = [("AFTER", str(Path(".").resolve())), ("BEFORE", str(Path(args.before).resolve()))]
 for round_number in range(args.rounds):
     for label, root in sides if round_number % 2 == 0 else sides[::-1]:  # neither side always goes first

@@ -152,4 +152,4 @@ def test_parallel_map_gives_the_results_before_an_error_then_raises_it(chunk):
     with pytest.raises(OSError, match="disk gone"):
         for result in ordered_parallel_map(fails_at_37, list(range(100)), workers=2, lookahead=32, chunk=chunk):
             results.append(result)
-    assert results == list(range(37))  # an index build stores these before it stops
+    assert results == list(range(37))  # the caller has each result before the error reaches it

@@ -3,6 +3,7 @@
 import os
 import shutil
 import warnings
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -43,6 +44,52 @@ def assert_consistent(name, index_dir):
             "SELECT COUNT(*) FROM files WHERE image_id NOT IN (SELECT id FROM images)").fetchone()[0]
         assert orphans == 0 and dangling == 0
         return index.info()
+
+
+def test_a_photo_moved_to_a_new_name_while_its_old_name_gets_another(naflex_model, tmp_path):
+    """z.png gets a.png's photo, a.png a new one: the batch storing a.png's new photo removes the old one, which
+    z.png, read ahead meanwhile, was found to hold. z.png is encoded, not linked to the removed image."""
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    folder.mkdir()
+    random_image(100, 120, seed=1).save(folder / "a.png")
+    build_index(naflex_model, folder, "moved", index_dir, batch_size=1)
+    shutil.copy(folder / "a.png", folder / "z.png")
+    random_image(100, 120, seed=2).save(folder / "a.png")
+    summary = build_index(naflex_model, folder, "moved", index_dir, batch_size=1)
+    info = assert_consistent("moved", index_dir)
+    assert (info.images, info.files, summary.encoded, summary.linked) == (2, 2, 2, 0)
+    with ImageIndex.open("moved", index_dir) as index:
+        hit = search(index, naflex_model, Image.open(folder / "z.png"), k=1).hits[0]
+    assert [Path(path).name for path in hit.paths] == ["z.png"] and hit.score > 0.999
+
+
+def test_an_image_id_given_again_reaches_the_saved_vectors(naflex_model, tmp_path):
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    folder.mkdir()
+    for i in range(3):
+        random_image(100, 120, seed=i).save(folder / f"p{i}.png")
+    build_index(naflex_model, folder, "reused", index_dir, batch_size=1)
+    os.remove(folder / "p2.png")  # the newest image's id is freed (SQLite's rowids) ...
+    random_image(100, 120, seed=9).save(folder / "p3.png")  # ... and given to the next new image
+    build_index(naflex_model, folder, "reused", index_dir, batch_size=1)
+    with ImageIndex.open("reused", index_dir) as index:
+        files = index._faiss_files()
+        saved = sorted(vi.stored_ids(vi.read_index(files[max(files)])).tolist())
+        assert saved == sorted(index.catalog.image_ids().tolist())  # (opening would repair it, rebuilding all)
+    assert_consistent("reused", index_dir)
+
+
+def test_a_photo_that_turns_unreadable_leaves_the_index(naflex_model, tmp_path):
+    folder, index_dir = tmp_path / "photos", tmp_path / "indexes"
+    folder.mkdir()
+    for i in range(2):
+        random_image(100, 120, seed=i).save(folder / f"p{i}.png")
+    build_index(naflex_model, folder, "broken", index_dir)
+    (folder / "p1.png").write_bytes(b"not an image at all")
+    summary = build_index(naflex_model, folder, "broken", index_dir)
+    info = assert_consistent("broken", index_dir)
+    assert [Path(path).name for path, _ in summary.skipped] == ["p1.png"]
+    assert (info.images, info.files, info.skipped) == (1, 1, 1)  # its old photo is not found under its name
 
 
 def test_build_search_incremental_delete_dedupe(naflex_model, tmp_path):

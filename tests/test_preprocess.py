@@ -244,8 +244,11 @@ def test_reading_names_what_is_wrong_and_never_waits_on_a_pipe(tmp_path):
     (tmp_path / "folder.jpg").mkdir()
     (tmp_path / "empty.jpg").write_bytes(b"")
     os.symlink(tmp_path / "gone.jpg", tmp_path / "dangling.jpg")
+    with open(tmp_path / "huge.jpg", "wb") as sparse:  # 2 GiB that take no disk; read whole, they would take RAM
+        sparse.truncate(2 << 30)
     expected = {"pipe.jpg": "not a regular file", "folder.jpg": "is a folder", "empty.jpg": "empty file",
-                "dangling.jpg": "broken symbolic link", "missing.jpg": "file not found"}
+                "dangling.jpg": "broken symbolic link", "missing.jpg": "file not found",
+                "huge.jpg": "2.0 GiB, over the 1 GiB an image file may have"}
     for name, reason in expected.items():
         with pytest.raises(ImageReadError, match=reason):
             read_file_bytes(tmp_path / name)

@@ -9,6 +9,7 @@ before that stored. Each encoded batch is one SQLite transaction.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -30,7 +31,7 @@ from ..model.encode import (PendingVectors, ProgressCallback, decode_target, ord
 from ..model.images import IMAGE_EXTENSIONS, FileState, decode_image_bytes, read_file_bytes, scan_folder
 from ..model.loading import LoadedModel
 from ..model.preprocess import PreparedImage
-from .catalog import Catalog, FileRecord, NewImage
+from .catalog import Catalog, Link, NewImage
 from .listing import CATALOG, index_exists
 from .store import ImageIndex, remove_index
 
@@ -66,7 +67,7 @@ class _Batch:
     way), links, failures."""
 
     reads: list["_Read"]
-    links: list[FileRecord]
+    links: list[Link]
     failures: list[tuple[str, str, int, int]]
     decoding: Future[DevicePrepared | None] | None = None  # its JPEGs, decoded by the device's thread
     vectors: PendingVectors | None = None
@@ -78,7 +79,7 @@ class _Read:
     sha256: str | None = None
     image: PreparedImage | None = None
     jpeg: DeviceJpeg | None = None  # to be decoded on the device, by the decoding thread
-    known_id: int | None = None
+    stored: bool = False  # its content is stored already: linked by the commit, not encoded
     failure: str | None = None
 
 
@@ -90,7 +91,8 @@ class FolderBuild:
         self.model, self.index, self.root, self.summary = model, index, root, summary
         self.batch_size, self.save_every_seconds, self.decoder = batch_size, save_every_seconds, decoder
         self.pending: list[_Read] = []
-        self.links: list[FileRecord] = []
+        self.links: list[Link] = []
+        self.unlinked: list[FileState] = []  # linked to a content removed meanwhile: to be read and encoded
         self.failures: list[tuple[str, str, int, int]] = []
         # On a GPU three batches are under way at once: one decoded in a thread of its own, the one before
         # encoded by the device, and the one before that stored by this thread.
@@ -129,13 +131,14 @@ class FolderBuild:
         # worker threads look hashes up through their own read-only connection, one at a time
         reader, reader_lock = Catalog(self.index.path / CATALOG, readonly=True), threading.Lock()
 
-        def read(state: FileState) -> _Read:
+        def read(state: FileState, link: bool = True) -> _Read:
             try:
                 data, sha = read_file_bytes(state.path)
-                with reader_lock:
-                    known = reader.image_id_for_hash(sha)
-                if known is not None:
-                    return _Read(state, sha, known_id=known)
+                if link:
+                    with reader_lock:
+                        stored = reader.image_id_for_hash(sha) is not None
+                    if stored:
+                        return _Read(state, sha, stored=True)
                 jpeg = device_jpeg(data) if self.decoder else None
                 if jpeg:
                     return _Read(state, sha, jpeg=jpeg)
@@ -158,14 +161,23 @@ class FolderBuild:
             # main thread waited 0.6–0.8 s of a 3.4 s build for the reading threads, on an H200.)
             lookahead = max(64, 2 * self.batch_size)
             chunk = 16 if self.decoder else 1  # (reading without decoding is cheap: see ordered_parallel_map)
-            for done, item in enumerate(ordered_parallel_map(read, todo, workers, lookahead, chunk), start=1):
-                self._take(item)
-                if len(self.pending) >= self.batch_size or len(self.links) + len(self.failures) >= 4 * self.batch_size:
-                    self.commit()
-                if progress:
-                    progress(done, len(todo))
-            self.commit()
-            self.drain()
+            files, link, done, total, batch = todo, True, 0, len(todo), self.batch_size
+            while True:
+                for item in ordered_parallel_map(functools.partial(read, link=link), files, workers, lookahead, chunk):
+                    done += 1
+                    self._take(item)
+                    if len(self.pending) >= self.batch_size or len(self.links) + len(self.failures) >= 4 * batch:
+                        self.commit()
+                    if progress:
+                        progress(done, total)
+                self.commit()
+                self.drain()
+                if not (self.unlinked and link):
+                    break
+                # their content was removed while they were read ahead (its last other file changed meanwhile):
+                # read again and encoded, not linked, so there is no third round
+                files, self.unlinked, link = self.unlinked, [], False
+                total += len(files)
         except BaseException:  # a cancel, or a failure elsewhere: what was encoded is still stored
             try:
                 self.store_in_flight()
@@ -181,8 +193,8 @@ class FolderBuild:
         state = item.state
         if item.failure:
             self._fail(item, self.failures)
-        elif item.known_id is not None:
-            self.links.append(FileRecord(state.path, item.known_id, state.size, state.mtime_ns))
+        elif item.stored:
+            self.links.append(Link(state.path, item.sha256, state.size, state.mtime_ns))
             self.summary.linked += 1
         else:
             self.pending.append(item)
@@ -272,9 +284,11 @@ class FolderBuild:
                                    [(r.state.path, r.state.size, r.state.mtime_ns)])
                           for r, vector in zip(batch.reads, vectors)]
         if new_images or batch.links or batch.failures:
-            stored = self.index.catalog.commit_batch(new_images, batch.links, skipped=batch.failures)
-            self.summary.encoded += len(stored)
-            self.summary.linked += len(new_images) - len(stored)  # same content seen earlier in this run
+            committed = self.index.catalog.commit_batch(new_images, batch.links, skipped=batch.failures)
+            self.summary.encoded += len(committed.new_ids)
+            self.summary.linked += len(new_images) - len(committed.new_ids)  # same content seen earlier in this run
+            self.summary.linked -= len(committed.unlinked)
+            self.unlinked += [FileState(link.path, link.size, link.mtime_ns) for link in committed.unlinked]
         self.index.sync()
         if time.monotonic() - self.last_save > self.save_every_seconds:
             self.index.save()

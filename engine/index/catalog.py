@@ -43,6 +43,26 @@ class FileRecord:
 
 
 @dataclass
+class Link:
+    """A file whose content is stored already, named by its hash: the commit finds the image's id. (An id looked
+    up while reading ahead could be gone by then: its last file changed in a batch committed meanwhile.)"""
+
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class Committed:
+    """What one `commit_batch` stored: the ids of new contents, and the links whose content is no longer
+    stored (the caller reads those files again and encodes them)."""
+
+    new_ids: list[int]
+    unlinked: list[Link]
+
+
+@dataclass
 class NewImage:
     """A content to store: its hash, size, embedding (dim,) and the files (path, size, mtime_ns) holding it."""
 
@@ -176,20 +196,21 @@ class Catalog:
                                     (version,)))
 
     # writes: each call is one transaction and bumps the version --------------------------------
-    def commit_batch(self, new_images: Iterable[NewImage] = (), links: Iterable[FileRecord] = (),
-                     removed_paths: Iterable[str] = (), skipped: Iterable[tuple[str, str, int, int]] = ()) -> list[int]:
-        """Atomically: store new contents (once per hash) with their files, link files to stored
-        contents, drop paths, record skipped files, remove images no file points at; log the changes.
-        Returns the ids of contents stored by this call."""
+    def commit_batch(self, new_images: Iterable[NewImage] = (), links: Iterable[Link] = (),
+                     removed_paths: Iterable[str] = (), skipped: Iterable[tuple[str, str, int, int]] = ()) -> Committed:
+        """Atomically: store new contents (once per hash) with their files, link files to stored contents,
+        drop paths, record skipped files (a skipped file no longer holds what it held), remove images no file
+        points at; log the changes."""
         now = time.time()
         new_images, links, removed_paths, skipped = list(new_images), list(links), list(removed_paths), list(skipped)
         cursor = self.db.cursor()
         cursor.execute("BEGIN IMMEDIATE")
         try:
             version = self.version + 1
-            files, new_ids = list(links), []
+            files, new_ids = [], []
+            hashes = {image.sha256 for image in new_images} | {link.sha256 for link in links}
             stored = dict(self._rows_for_values("SELECT sha256, id FROM images WHERE sha256 IN ({marks})",
-                                                list({image.sha256 for image in new_images})))
+                                                list(hashes)))
             for image in new_images:
                 image_id = stored.get(image.sha256)
                 if image_id is None:
@@ -199,12 +220,16 @@ class Catalog:
                     image_id = stored[image.sha256] = cursor.lastrowid
                     new_ids.append(image_id)
                 files += [FileRecord(path, image_id, size, mtime) for path, size, mtime in image.files]
+            unlinked = [link for link in links if link.sha256 not in stored]
+            files += [FileRecord(link.path, stored[link.sha256], link.size, link.mtime_ns)
+                      for link in links if link.sha256 in stored]
             cursor.executemany("INSERT INTO changes VALUES (?, ?, 'add')", [(version, i) for i in new_ids])
             crash_point("catalog-images")
-            paths = removed_paths + [f.path for f in files]
+            dropped = removed_paths + [path for path, *_ in skipped]
+            paths = dropped + [f.path for f in files]
             touched = {image_id for _, image_id in self._rows_for_values(
                 "SELECT path, image_id FROM files WHERE path IN ({marks})", list(set(paths)))}
-            cursor.executemany("DELETE FROM files WHERE path=?", [(p,) for p in removed_paths])
+            cursor.executemany("DELETE FROM files WHERE path=?", [(p,) for p in dropped])
             cursor.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?)",
                                [(f.path, f.image_id, f.size, f.mtime_ns, now) for f in files])
             crash_point("catalog-files")
@@ -220,7 +245,7 @@ class Catalog:
         except BaseException:
             cursor.execute("ROLLBACK")
             raise
-        return new_ids
+        return Committed(new_ids, unlinked)
 
     def clear_skipped_under(self, folder: str) -> None:
         self.db.execute("DELETE FROM skipped WHERE substr(path, 1, ?) = ?", (len(folder), folder))

@@ -2,7 +2,7 @@
 the distributed build (engine.index.distributed) or by any other tool, and ingested into an index.
 
 The file's key-value metadata names the model: `studio.model` (its name) and `studio.fingerprint` (JSON: the
-model's embedding of `store.FINGERPRINT_TEXT`, which any tool can compute with the same checkpoint). Ingest
+model's embedding of `listing.FINGERPRINT_TEXT`, which any tool can compute with the same checkpoint). Ingest
 refuses shards whose fingerprint or dimension differ from the index's. A row may carry `error` (why the file
 could not be read) instead of a vector: it is recorded as skipped.
 """
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from ..errors import IndexStoreError
 from ..faults import crash_point
 from ..model.encode import ProgressCallback
-from .catalog import FileRecord, NewImage
+from .catalog import NewImage
 from .listing import FINGERPRINT_TEXT
 from .store import ImageIndex
 from .vectors import fsync_directory
@@ -141,7 +141,7 @@ def ingest_rows(index: ImageIndex, rows: ShardRows, summary: IngestSummary, batc
     """Store one shard's rows in an open, writable index, a transaction per `batch` rows."""
     catalog = index.catalog
     for start in range(0, len(rows), batch):
-        new_images, links, failures = [], [], []
+        new_images, failures = [], []
         for i in range(start, min(start + batch, len(rows))):
             path, size, mtime = rows.paths[i], int(rows.sizes[i]), int(rows.mtimes_ns[i])
             record = catalog.file_record(path)
@@ -150,15 +150,12 @@ def ingest_rows(index: ImageIndex, rows: ShardRows, summary: IngestSummary, batc
             elif rows.errors[i]:
                 failures.append((path, rows.errors[i], size, mtime))
                 summary.skipped.append((path, rows.errors[i]))
-            elif (known := catalog.image_id_for_hash(rows.sha256[i])) is not None:
-                links.append(FileRecord(path, known, size, mtime))
-                summary.linked += 1
-            else:
+            else:  # a content stored already is linked by the commit (the shard's vector is not used)
                 new_images.append(NewImage(rows.sha256[i], int(rows.widths[i]), int(rows.heights[i]),
                                            rows.vectors[i], [(path, size, mtime)]))
-        stored = catalog.commit_batch(new_images, links, skipped=failures)
+        stored = catalog.commit_batch(new_images, skipped=failures).new_ids
         summary.encoded += len(stored)
-        summary.linked += len(new_images) - len(stored)  # the same content twice within the batch
+        summary.linked += len(new_images) - len(stored)
         index.sync()
 
 

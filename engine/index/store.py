@@ -269,12 +269,14 @@ class ImageIndex:
         return self.index
 
     def _replay(self, index: faiss.Index) -> None:
-        changes = self.catalog.changes_since(self.faiss_version)
+        version = self.catalog.version  # first: changes committed after it are left for the next replay
+        changes = [change for change in self.catalog.changes_since(self.faiss_version) if change[0] <= version]
         if not changes:
+            self.faiss_version = version
             return
-        removed = [image_id for _, image_id, op in changes if op == "remove"]
-        gone = set(removed)
-        added = [image_id for _, image_id, op in changes if op == "add" and image_id not in gone]
+        removed = sorted({image_id for _, image_id, op in changes if op == "remove"})
+        last_change = {image_id: op for _, image_id, op in changes}  # an id freed and given to a new image
+        added = [image_id for image_id, op in last_change.items() if op == "add"]  # ends with an add
         if removed:
             if vi.supports_removal(index):
                 index.remove_ids(np.asarray(removed, dtype=np.int64))
@@ -285,7 +287,7 @@ class ImageIndex:
             ids, vectors = self.catalog.stored_embeddings(added, self.dim)
             if len(ids):
                 index.add_with_ids(vectors, ids)
-        self.faiss_version = self.catalog.version
+        self.faiss_version = version
 
     def _rebuild_from_catalog(self, factory: str, trained: faiss.Index | None = None) -> faiss.Index:
         """Every catalogued vector in a new index (or in an emptied copy of `trained`)."""

@@ -25,6 +25,9 @@ except ImportError:  # pragma: no cover - optional
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Pillow's own default (about 89 megapixels); above it an image is treated as a decompression bomb.
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# a file is read whole into memory before it is decoded: past this it is refused unread (a sparse or runaway file;
+# the largest image within the pixel limit, 16-bit RGBA and incompressible, is about 0.7 GiB)
+MAX_FILE_BYTES = 1 << 30
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
@@ -165,9 +168,14 @@ def read_file_bytes(path: str | os.PathLike) -> tuple[bytes, str]:
             raise ImageReadError(name, "not a regular file")
         if info.st_size == 0:
             raise ImageReadError(name, "empty file (0 bytes)")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ImageReadError(name, f"{info.st_size / 2**30:,.1f} GiB, over the {MAX_FILE_BYTES >> 30} GiB an "
+                                       "image file may have")
         data = _read_all(descriptor, info.st_size)
     except OSError as error:
         raise ImageReadError(name, f"cannot be read ({error.strerror or error})") from None
+    except MemoryError:
+        raise ImageReadError(name, f"not enough memory to read its {info.st_size:,} bytes") from None
     finally:
         os.close(descriptor)
     return data, hashlib.sha256(data).hexdigest()
