@@ -47,8 +47,9 @@ def shown_in_place(*outputs: str):
     """Errors meant for users replace the event's result where it is shown, instead of a toast over a stale one.
 
     One word per output of the event: "clear" (emptied), "keep" (left as it is) or "notes" (the message,
-    "⛔ ...", or as it is for a JobCancelled); an InputMissing error keeps every result. Anything else is
-    logged with its stack trace and worded without it.
+    "⛔ ...", or as it is for a JobCancelled), or the value to show instead (an empty table with its first
+    headers); an InputMissing error keeps every result. Anything else is logged with its stack trace and
+    worded without it.
     """
 
     def wrap(fn):
@@ -60,8 +61,15 @@ def shown_in_place(*outputs: str):
                 message = f"Unexpected error ({type(error).__name__}); details are in the server log."
             kept = isinstance(error, InputMissing)
             shown = message if isinstance(error, JobCancelled) else f"⛔ {message}"
-            values = tuple(shown if o == "notes" else None if o == "clear" and not kept else gr.skip()
-                           for o in outputs)
+
+            def instead(output):
+                if isinstance(output, str) and output == "notes":
+                    return shown
+                if kept or isinstance(output, str) and output == "keep":
+                    return gr.skip()
+                return None if isinstance(output, str) else output
+
+            values = tuple(instead(output) for output in outputs)
             return values if len(values) > 1 else values[0]
 
         if inspect.isgeneratorfunction(fn):  # a streaming handler: its error ends the stream in place

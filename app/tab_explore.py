@@ -14,16 +14,17 @@ import plotly.graph_objects as go
 
 from engine import StudioError
 from engine.explore.map import DEFAULT_MAX_POINTS, ExploreMap, PointDetails, explore_index, point_details
-from engine.index.search import similar_images
+from engine.index.search import similar_images, unfinished_warning
 from engine.index.catalog import Catalog
 from engine.index.listing import CATALOG, index_path
 from engine.model.text import short_text
 
-from .common import (MODEL_QUEUE, cancel_button, gpu, index_dropdown, path_as_known,
+from .common import (JOB_NOTES, MODEL_QUEUE, cancel_button, gpu, index_dropdown, path_as_known,
                      running, shown_in_place, thumbnail, with_cancel)
 from .studio import Studio
 
 NEAREST_LABEL = "Nearest to the query"
+RECOLOUR_HINT = "The map keeps its colouring"  # said when another colouring is chosen after drawing
 # gr.Plot has no click, hover or selection events: forward plotly's own to hidden textboxes the server watches.
 PLOT_BRIDGE = """
 () => {
@@ -107,6 +108,16 @@ def point_card(details: PointDetails, shown_path: Callable[[str], str] = str) ->
     return "\n\n".join(lines)
 
 
+def recolour_form(how: str, drawn_by: str | None, notes: str):
+    """The colouring's own setting shown; a map drawn in another colouring is said to keep it until drawn again
+    (`drawn_by`: the drawn map's colouring, None without a map)."""
+    said = [line for line in (notes or "").split("\n\n") if not line.startswith(RECOLOUR_HINT)]
+    if drawn_by is not None and how != drawn_by:
+        said.append(f"{RECOLOUR_HINT} ({drawn_by}) until it is drawn again (“Draw map”).")
+    return (gr.Slider(visible=how == "cluster"), gr.Textbox(visible=how != "cluster"),
+            "\n\n".join(said) if drawn_by is not None else gr.skip())
+
+
 def build(studio: Studio) -> list[gr.Dropdown]:
     """The tab; returns its index dropdown (filled afresh at each page load)."""
     with gr.Row():
@@ -122,7 +133,7 @@ def build(studio: Studio) -> list[gr.Dropdown]:
             with gr.Row():
                 draw = gr.Button("Draw map", variant="primary", scale=3)
                 stop = cancel_button(scale=1, elem_id="cancel-map")
-            notes = gr.Markdown(elem_id="explore-notes")
+            notes = gr.Markdown(elem_id="explore-notes", elem_classes=JOB_NOTES)
             hovered_image = gr.Image(label="Under the pointer", height=160, interactive=False,
                                      elem_id="explore-hover", show_label=True)
         with gr.Column(scale=3):
@@ -141,9 +152,10 @@ def build(studio: Studio) -> list[gr.Dropdown]:
             hovered = gr.Textbox(visible="hidden", elem_id="explore-hovered")
             selected = gr.Textbox(visible="hidden", elem_id="explore-selected")
             drawn_from = gr.State()  # the index the map shows: clicks and selections are its image ids
+            drawn_by = gr.State()  # and how it is coloured
 
     @gpu
-    @shown_in_place("clear", "notes", "clear", "clear")
+    @shown_in_place("clear", "notes", "clear", "clear", "clear")
     def do_explore(name: str, how: str = "cluster", k: int = 8, label_text: str = "", text: str = "",
                    limit: int = DEFAULT_MAX_POINTS):
         if not (name or "").strip():
@@ -151,10 +163,11 @@ def build(studio: Studio) -> list[gr.Dropdown]:
         with studio.job("drawing the map") as model, studio.open_index(name) as index:
             explored = explore_index(index, model, how, int(k), label_text or "", text or "", int(limit),
                                      quick=True)
+            unfinished = unfinished_warning(index)
         gallery = [(thumbnail(path), Path(path).name) for path in explored.nearest_paths]
-        notes = (map_caption(explored, name), studio.notes(explored.warnings))
+        notes = (map_caption(explored, name), studio.notes(unfinished + explored.warnings))
         return figure(explored, path_as_known(studio.index_dir)), "\n\n".join(x for x in notes if x), \
-            [g for g in gallery if g[0] is not None], name
+            [g for g in gallery if g[0] is not None], name, how
 
     @contextmanager
     def catalog_of(name: str):
@@ -216,8 +229,8 @@ def build(studio: Studio) -> list[gr.Dropdown]:
         return gr.Gallery([i for i in items if i[0] is not None], label=label), gr.skip()
 
     event = with_cancel(draw, stop, do_explore, [index_name, colour_by, clusters, labels, query, max_points],
-                        [plot, notes, nearest, drawn_from], emptied=[notes], api_name="explore",
-                        concurrency_id=MODEL_QUEUE)
+                        [plot, notes, nearest, drawn_from, drawn_by], emptied=[notes], api_name="explore",
+                        concurrency_id=MODEL_QUEUE, show_progress_on=notes)  # beside its button
     event.then(None, None, None, js=PLOT_BRIDGE)
     # a new map (or its error) leaves nothing of the previous one's clicked point, preview, selection or similar
     # images; a cancelled one leaves none of the previous map either, and says so
@@ -225,15 +238,15 @@ def build(studio: Studio) -> list[gr.Dropdown]:
     event.then(lambda: (*forgotten, gr.Gallery(label=NEAREST_LABEL)), None, [*previous_map, nearest],
                api_name=False, queue=False)
     # frees the UI (a cancelled event has no .then); a running UMAP ends
-    stop.click(lambda: (*running(False), *forgotten, gr.Gallery(None, label=NEAREST_LABEL), None, None,
+    stop.click(lambda: (*running(False), *forgotten, gr.Gallery(None, label=NEAREST_LABEL), None, None, None,
                         "Cancelled: no map drawn."), None,
-               [draw, stop, *previous_map, nearest, plot, drawn_from, notes], cancels=[event], api_name=False,
+               [draw, stop, *previous_map, nearest, plot, drawn_from, drawn_by, notes], cancels=[event], api_name=False,
                queue=False)
     # on the map's own index, whichever the dropdown has moved to since
     clicked.change(do_pick, [drawn_from, clicked, query], [picked, card], api_name=False)
     hovered.change(do_hover, [drawn_from, hovered], hovered_image, api_name=False, queue=False)
     selected.change(do_select, [drawn_from, selected], [nearest, notes], api_name=False)
     similar.click(do_similar, [drawn_from, clicked], [nearest, card], api_name=False, concurrency_id=MODEL_QUEUE)
-    colour_by.change(lambda how: (gr.Slider(visible=how == "cluster"), gr.Textbox(visible=how != "cluster")),
-                     colour_by, [clusters, labels], api_name=False, queue=False)
+    colour_by.change(recolour_form, [colour_by, drawn_by, notes], [clusters, labels, notes], api_name=False,
+                     queue=False)
     return [index_name]

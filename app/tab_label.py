@@ -254,14 +254,15 @@ def _build_many(studio: Studio) -> None:
             batch_labels = gr.Textbox(DEFAULT_LABELS, label=LABELS_HELP, lines=3)
             batch_template = gr.Textbox(DEFAULT_TEMPLATE, label=TEMPLATE_HELP, lines=2)
             with gr.Row():
-                threshold = gr.Slider(0, 1, value=0.1, step=0.01, label="Probability threshold")
+                threshold = gr.Slider(0, 1, value=0.1, step=0.01, label="Probability threshold",
+                                      elem_id="batch-threshold")
                 mode = gr.Radio(["multi", "single"], value="multi", label="Labels per image")
             label_all = gr.Button("Label all", variant="primary")
             batch_notes = gr.Markdown(elem_id="batch-notes", elem_classes=JOB_NOTES)  # its progress shows here
-        with gr.Column():
+        with gr.Column(min_width=560):  # under the form in a narrow window: beside it, names broke mid-word
             table = gr.Dataframe(headers=["image", "labels", "top probabilities"], interactive=True,
                                  label="Results (edit the labels, separated by ; then export again)", wrap=True,
-                                 column_widths=["30%", "32%", "38%"], static_columns=[0, 2], elem_id="batch-table")
+                                 column_widths=["36%", "28%", "36%"], static_columns=[0, 2], elem_id="batch-table")
             export_again = gr.Button("Export the edited labels")
             export_notes = gr.Markdown(elem_id="export-notes")  # beside its button, not under "Label all"
             exports = gr.File(label="Exports: CSV, JSONL, ImageFolder (zip)", file_count="multiple",
@@ -313,7 +314,8 @@ def _build_many(studio: Studio) -> None:
                     [table, batch_notes, exports, result_state], api_name="label_batch", concurrency_id=MODEL_QUEUE,
                     show_progress_on=batch_notes)
     export_again.click(do_export, [table, result_state], [exports, export_notes], api_name="export_labels")
-    for new_exports in (label_all.click, threshold.release, mode.change):  # the last export's note is stale then
+    for new_exports in (label_all.click, threshold.change, mode.change):  # the last export's note is stale then
         new_exports(lambda: "", None, export_notes, api_name=False, queue=False)
-    threshold.release(do_reassign, [result_state, threshold, mode], [table, exports, batch_notes], api_name=False)
+    # on .change, not only when the slider is let go: a threshold typed into its box and Enter apply too
+    threshold.change(do_reassign, [result_state, threshold, mode], [table, exports, batch_notes], api_name=False)
     mode.change(do_reassign, [result_state, threshold, mode], [table, exports, batch_notes], api_name=False)

@@ -70,7 +70,9 @@ def _hits_note(studio: Studio, result, index_name: str) -> str:
 def build_summary_text(summary: BuildSummary, renamed: list[tuple[str, str]] = ()) -> str:
     """Markdown for a finished build: what changed, what the index holds, each skipped file, each upload
     stored under another name."""
-    lines = [f"**{summary.name}**: {summary.images} images ({summary.files} files), {summary.index_type}.",
+    how = "searched exactly" if summary.index_type == "Flat" else "searched approximately, tuned for recall"
+    lines = [f"**{summary.name}**: {summary.images} images ({summary.files} files), {how} (FAISS "
+             f"`{summary.index_type}`).",
              f"{summary.scanned} files scanned in {summary.seconds:.1f} s: {summary.encoded} encoded "
              f"({summary.rate:.1f}/s), {summary.linked} linked to stored content, {summary.unchanged} unchanged, "
              f"{summary.removed} removed, {len(summary.skipped)} skipped."]
@@ -244,8 +246,8 @@ def _build_compare(studio: Studio) -> gr.Dropdown:
                 compare_table = gr.Dataframe(label="Top results per language (file names)", headers=["rank"],
                                              interactive=False, wrap=True, elem_id="compare-table")
 
-    @gpu
-    @shown_in_place("clear", "clear", "clear", "notes")
+    @gpu  # (on an error the tables lose the last comparison's headers too, not only its rows)
+    @shown_in_place("clear", gr.Dataframe([], headers=["query"]), gr.Dataframe([], headers=["rank"]), "notes")
     def do_compare(name: str, lines: str, n: int = 6):
         queries = [line.strip() for line in (lines or "").splitlines() if line.strip()]
         with studio.job("comparing queries") as model, studio.open_index(name) as index:

@@ -395,9 +395,56 @@ def test_long_jobs_show_their_progress_beside_their_button(tmp_path):
     shown_on = {event["api_name"]: [elem_ids[i] for i in event.get("show_progress_on") or []]
                 for event in config["dependencies"] if event.get("api_name")}
     assert {name: shown_on[name] for name in ("label_batch", "build_index", "compare_languages", "fine_tune",
-                                              "resume_fine_tune")} == {
+                                              "resume_fine_tune", "explore")} == {
         "label_batch": ["batch-notes"], "build_index": ["build-notes"], "compare_languages": ["compare-notes"],
-        "fine_tune": ["train-status"], "resume_fine_tune": ["train-status"]}
+        "fine_tune": ["train-status"], "resume_fine_tune": ["train-status"], "explore": ["explore-notes"]}
+
+
+def test_a_typed_threshold_applies_and_a_failed_comparison_leaves_no_stale_headers(tmp_path):
+    """The threshold re-applies on any change (typed into its box and Enter: only letting the slider go did);
+    a comparison that fails empties its tables down to their first headers (the last queries stood over
+    empty rows)."""
+    from app.studio import Studio
+    from app.ui import build_app
+
+    demo = build_app(Studio(index_dir=tmp_path, allowed_roots=[tmp_path]))
+    threshold = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "Probability threshold")
+    assert any(f.fn and f.fn.__name__ == "do_reassign" and (threshold._id, "change") in f.targets
+               for f in demo.fns.values())
+    handlers = {f.fn.__name__: f.fn for f in demo.fns.values() if f.fn is not None}
+    gallery, overlap, table, notes = handlers["do_compare"]("no such index", "a dog\nun chien", 3)
+    assert notes.startswith("⛔") and gallery is None
+    assert (overlap.value, table.value) == ({"headers": ["query"], "data": [], "metadata": None},
+                                            {"headers": ["rank"], "data": [], "metadata": None})
+
+
+def test_a_map_says_when_its_colours_are_stale_and_when_its_index_is_unfinished(naflex_model, tmp_path):
+    import gradio as gr
+
+    from app.studio import Studio
+    from app.tab_explore import recolour_form
+    from app.ui import build_app
+    from engine.index.build import build_index
+    from engine.index.store import ImageIndex
+
+    _, _, notes = recolour_form("zero-shot label", "cluster", "UMAP map of all 9 images in trip.")
+    assert notes == ("UMAP map of all 9 images in trip.\n\nThe map keeps its colouring (cluster) until it is drawn "
+                     "again (“Draw map”).")
+    assert recolour_form("zero-shot label", "cluster", notes)[2] == notes  # said once, however often
+    assert recolour_form("cluster", "cluster", notes)[2] == "UMAP map of all 9 images in trip."  # as drawn again
+    assert recolour_form("cluster", None, "")[2] == gr.skip()  # no map yet: nothing to say
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        random_image(80, 90 + 10 * i, seed=i).save(folder / f"p{i}.png")
+    build_index(naflex_model, folder, "trip", tmp_path / "indexes")
+    with ImageIndex.open("trip", tmp_path / "indexes", writable=True) as index:
+        index.mark_finished(False)  # as a cancelled build leaves it
+    studio = Studio(index_dir=tmp_path / "indexes", allowed_roots=[tmp_path])
+    studio.model = naflex_model
+    handlers = {f.fn.__name__: f.fn for f in build_app(studio).fns.values() if f.fn is not None}
+    _, notes, _, drawn_from, drawn_by = handlers["do_explore"]("trip", "cluster", 2, "", "", 500)
+    assert "its last build has not finished" in notes and (drawn_from, drawn_by) == ("trip", "cluster")
 
 
 def test_a_build_lists_its_renamed_uploads_up_to_a_point():
@@ -405,8 +452,9 @@ def test_a_build_lists_its_renamed_uploads_up_to_a_point():
     from engine.index.build import BuildSummary
 
     renamed = [(f"IMG_{i:04d}.jpg", f"IMG_{i:04d}_1.jpg") for i in range(RENAMES_SHOWN + 5)]
-    text = build_summary_text(BuildSummary(name="trip", folder="/x"), renamed)
+    text = build_summary_text(BuildSummary(name="trip", folder="/x", index_type="Flat"), renamed)
     assert text.count("stored as") == RENAMES_SHOWN and "…and 5 more uploads stored under another name" in text
+    assert "searched exactly (FAISS `Flat`)" in text  # not a bare "Flat"
     assert "IMG_0000.jpg stored as **IMG_0000_1.jpg**" in text
 
 
