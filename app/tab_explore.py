@@ -164,7 +164,8 @@ def build(studio: Studio) -> list[gr.Dropdown]:
             explored = explore_index(index, model, how, int(k), label_text or "", text or "", int(limit),
                                      quick=True)
             unfinished = unfinished_warning(index)
-        gallery = [(thumbnail(path), Path(path).name) for path in explored.nearest_paths]
+        gallery = [(thumbnail(path), f"{Path(path).name}\ncos {score:.3f}")  # scored, as every other gallery
+                   for path, score in zip(explored.nearest_paths, explored.nearest_scores)]
         notes = (map_caption(explored, name), studio.notes(unfinished + explored.warnings))
         return figure(explored, path_as_known(studio.index_dir)), "\n\n".join(x for x in notes if x), \
             [g for g in gallery if g[0] is not None], name, how

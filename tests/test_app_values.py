@@ -183,7 +183,10 @@ def test_map_coordinates_and_nearest_are_the_engines(served):
     for image_id, point in expected.items():
         np.testing.assert_allclose(served_points[image_id], point, atol=1e-4)
     np.testing.assert_allclose(query_point, explored.query_point, atol=1e-4)
-    assert [item["caption"] for item in nearest] == [Path(p).name for p in explored.nearest_paths]
+    served_nearest = _caption_numbers(nearest)
+    assert [name for name, _, _ in served_nearest] == [Path(p).name for p in explored.nearest_paths]
+    np.testing.assert_allclose([cos for _, cos, _ in served_nearest], explored.nearest_scores, atol=6e-4)
+    assert explored.nearest_scores == sorted(explored.nearest_scores, reverse=True)  # best first
 
 
 @pytest.mark.parametrize("endpoint, inputs, expected", [

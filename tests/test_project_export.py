@@ -136,6 +136,19 @@ def test_quick_map_while_umap_compiles_then_umap(naflex_model, tmp_path):
             explore_map._umap_ready.set()
 
 
+def test_the_points_nearest_a_query_come_with_their_cosines(naflex_model, tmp_path):
+    from engine.explore.map import explore_index
+    from engine.model.encode import encode_texts
+
+    indexed_folder(naflex_model, tmp_path, "near", count=10, seed=820)
+    with ImageIndex.open("near", tmp_path / "idx") as index:
+        explored = explore_index(index, naflex_model, query="a red car", nearest=4, quick=True)
+        vectors = index.catalog.embeddings_for(index.catalog.image_ids(), index.dim)
+    cosines = vectors @ encode_texts(naflex_model, ["a red car"]).vectors[0]
+    np.testing.assert_allclose(explored.nearest_scores, np.sort(cosines)[::-1][:4], atol=1e-5)
+    assert len(explored.nearest_paths) == 4
+
+
 def test_repeated_names_are_told_apart_as_the_imagefolder_export_does():
     from engine.label.export import unique_names
 

@@ -148,6 +148,7 @@ class ExploreMap:
     query: str = ""
     query_point: np.ndarray | None = None  # (2,) map position of the query, when one was given
     nearest_paths: list[str] = field(default_factory=list)  # plotted images nearest the query, best first
+    nearest_scores: list[float] = field(default_factory=list)  # their cosines to the query
     untrained: bool = False
     warnings: list[str] = field(default_factory=list)  # e.g. the query cut to the model's text length
 
@@ -173,7 +174,9 @@ def explore_index(index: ImageIndex, model: LoadedModel, colour_by: str = "clust
         encoded = encode_texts(model, [query])
         vector = encoded.vectors[0]
         result.query, result.query_point, result.warnings = query, projection.place(vector), encoded.warnings
-        result.nearest_paths = [paths[i] for i in projection.nearest(vector, nearest)]
+        top = projection.nearest(vector, nearest)
+        result.nearest_paths = [paths[i] for i in top]
+        result.nearest_scores = [float(score) for score in projection.vectors[top] @ vector]
     return result
 
 
