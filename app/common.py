@@ -43,14 +43,18 @@ class JobCancelled(StudioError):
     """A job stopped by its Cancel button: what the user asked for, said plainly rather than as an error."""
 
 
-def shown_in_place(*outputs: str):
+def shown_in_place(*outputs):
     """Errors meant for users replace the event's result where it is shown, instead of a toast over a stale one.
 
     One word per output of the event: "clear" (emptied), "keep" (left as it is) or "notes" (the message,
-    "⛔ ...", or as it is for a JobCancelled), or the value to show instead (an empty table with its first
-    headers); an InputMissing error keeps every result. Anything else is logged with its stack trace and
-    worded without it.
+    "⛔ ...", or as it is for a JobCancelled), or a function of no arguments that makes the value to show
+    instead (an empty table with its first headers: made at error time, since a component made while the
+    layout is built would be drawn in it); an InputMissing error keeps every result. Anything else is logged
+    with its stack trace and worded without it.
     """
+    unknown = [output for output in outputs if not callable(output) and output not in ("clear", "keep", "notes")]
+    if unknown:
+        raise ValueError(f"shown_in_place: {unknown} is not clear, keep, notes or a function")
 
     def wrap(fn):
         def rendered(error: Exception):
@@ -63,11 +67,11 @@ def shown_in_place(*outputs: str):
             shown = message if isinstance(error, JobCancelled) else f"⛔ {message}"
 
             def instead(output):
-                if isinstance(output, str) and output == "notes":
+                if output == "notes":
                     return shown
-                if kept or isinstance(output, str) and output == "keep":
+                if kept or output == "keep":
                     return gr.skip()
-                return None if isinstance(output, str) else output
+                return output() if callable(output) else None
 
             values = tuple(instead(output) for output in outputs)
             return values if len(values) > 1 else values[0]

@@ -233,6 +233,8 @@ def build(studio: Studio) -> list[gr.Dropdown]:
                         [plot, notes, nearest, drawn_from, drawn_by], emptied=[notes], api_name="explore",
                         concurrency_id=MODEL_QUEUE, show_progress_on=notes)  # beside its button
     event.then(None, None, None, js=PLOT_BRIDGE)
+    # a colouring chosen while the map was drawing is said to differ from the drawn one, after its notes
+    event.then(recolour_form, [colour_by, drawn_by, notes], [clusters, labels, notes], api_name=False, queue=False)
     # a new map (or its error) leaves nothing of the previous one's clicked point, preview, selection or similar
     # images; a cancelled one leaves none of the previous map either, and says so
     previous_map, forgotten = [picked, card, hovered_image, clicked, selected], (None, "", None, "", "")

@@ -247,7 +247,8 @@ def _build_compare(studio: Studio) -> gr.Dropdown:
                                              interactive=False, wrap=True, elem_id="compare-table")
 
     @gpu  # (on an error the tables lose the last comparison's headers too, not only its rows)
-    @shown_in_place("clear", gr.Dataframe([], headers=["query"]), gr.Dataframe([], headers=["rank"]), "notes")
+    @shown_in_place("clear", lambda: gr.Dataframe([], headers=["query"]), lambda: gr.Dataframe([], headers=["rank"]),
+                    "notes")
     def do_compare(name: str, lines: str, n: int = 6):
         queries = [line.strip() for line in (lines or "").splitlines() if line.strip()]
         with studio.job("comparing queries") as model, studio.open_index(name) as index:

@@ -403,11 +403,19 @@ def test_long_jobs_show_their_progress_beside_their_button(tmp_path):
 def test_a_typed_threshold_applies_and_a_failed_comparison_leaves_no_stale_headers(tmp_path):
     """The threshold re-applies on any change (typed into its box and Enter: only letting the slider go did);
     a comparison that fails empties its tables down to their first headers (the last queries stood over
-    empty rows)."""
+    empty rows), made when it fails: made with the layout, they stood in it as two empty unlabelled tables."""
+    import gradio as gr
+
+    from app.common import shown_in_place
     from app.studio import Studio
     from app.ui import build_app
 
     demo = build_app(Studio(index_dir=tmp_path, allowed_roots=[tmp_path]))
+    unlabelled = [b for b in demo.blocks.values()
+                  if isinstance(b, (gr.Dataframe, gr.Gallery, gr.Image, gr.Plot, gr.File)) and not b.label]
+    assert not unlabelled
+    with pytest.raises(ValueError, match="clearr"):  # a misspelt word fails when the tab is built, not silently
+        shown_in_place("clearr", "notes")
     threshold = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "Probability threshold")
     assert any(f.fn and f.fn.__name__ == "do_reassign" and (threshold._id, "change") in f.targets
                for f in demo.fns.values())
@@ -442,9 +450,13 @@ def test_a_map_says_when_its_colours_are_stale_and_when_its_index_is_unfinished(
         index.mark_finished(False)  # as a cancelled build leaves it
     studio = Studio(index_dir=tmp_path / "indexes", allowed_roots=[tmp_path])
     studio.model = naflex_model
-    handlers = {f.fn.__name__: f.fn for f in build_app(studio).fns.values() if f.fn is not None}
+    demo = build_app(studio)
+    handlers = {f.fn.__name__: f.fn for f in demo.fns.values() if f.fn is not None}
     _, notes, _, drawn_from, drawn_by = handlers["do_explore"]("trip", "cluster", 2, "", "", 500)
     assert "its last build has not finished" in notes and (drawn_from, drawn_by) == ("trip", "cluster")
+    # a colouring changed while the map drew is said once the drawing's notes are written, not lost under them
+    explore = next(i for i, f in demo.fns.items() if f.api_name == "explore")
+    assert any(f.fn is recolour_form and f.trigger_after == explore for f in demo.fns.values())
 
 
 def test_a_build_lists_its_renamed_uploads_up_to_a_point():

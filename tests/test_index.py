@@ -555,11 +555,56 @@ def test_a_reader_skips_an_image_removed_while_it_replays(naflex_model, tmp_path
         assert reader.index.ntotal == len(paths) and reader.faiss_version == reader.catalog.version
 
 
+def test_a_folder_that_cannot_be_listed_keeps_its_files(naflex_model, tmp_path, monkeypatch):
+    """A sub-folder unreadable for now (permissions, a mount gone) is not a folder emptied: its indexed
+    files stay, and the build says so (as root, permissions cannot make a folder unlistable: os.walk's
+    error is planted)."""
+    from engine.model import images
+
+    paths = make_folder(tmp_path / "photos")
+    build_index(naflex_model, tmp_path / "photos", "trip", tmp_path / "indexes")
+    walk = os.walk
+
+    def walk_without_sub(top, onerror=None, **kwargs):
+        for root, dirs, names in walk(top, onerror=onerror, **kwargs):
+            if "sub dir" in dirs:
+                dirs.remove("sub dir")
+                onerror(PermissionError(13, "Permission denied", os.path.join(root, "sub dir")))
+            yield root, dirs, names
+
+    monkeypatch.setattr(images.os, "walk", walk_without_sub)
+    summary = build_index(naflex_model, tmp_path / "photos", "trip", tmp_path / "indexes")
+    in_sub = sum(path.parent.name == "sub dir" for path in paths)
+    assert summary.removed == 0 and summary.images == len(paths)
+    assert summary.skipped == [(str(tmp_path / "photos" / "sub dir"),
+                                f"cannot be listed (Permission denied): its {in_sub} indexed file(s) kept as they were")]
+    monkeypatch.setattr(images.os, "walk", walk)
+    summary = build_index(naflex_model, tmp_path / "photos", "trip", tmp_path / "indexes")
+    assert (summary.unchanged, summary.removed, summary.skipped) == (len(paths), 0, [])
+    assert_consistent("trip", tmp_path / "indexes")
+
+
+def test_shard_rows_of_one_path_keep_its_last_content(naflex_model, tmp_path):
+    """Two rows for one file in a batch (read before and after an edit): the file holds the later content,
+    and the earlier one, held by no file, is not left in the index."""
+    from engine.index.shards import IngestSummary, ShardRows, ingest_rows
+
+    vectors = np.eye(2, naflex_model.embed_dim, dtype=np.float32)
+    rows = ShardRows(["a" * 64, "b" * 64], ["/photos/p.jpg"] * 2, [10, 11], [1, 2], [8, 8], [8, 8], vectors,
+                     [None, None])
+    with ImageIndex.create("shards", naflex_model, tmp_path) as index:
+        ingest_rows(index, rows, IngestSummary())
+        record = index.catalog.file_record("/photos/p.jpg")
+        assert (record.size, index.catalog.count_images()) == (11, 1)
+        assert index.catalog.images([record.image_id])[record.image_id].sha256 == "b" * 64
+    assert_consistent("shards", tmp_path)
+
+
 def test_the_folder_scan_reads_extensions_as_pathlib_does(tmp_path):
     from engine.model.images import scan_folder
 
     names = ["..jpg", "a.tar.jpg", "photo.JPG", ".jpg", "photo.", "notes.txt", "x.png"]
     for name in names:
         (tmp_path / name).write_bytes(b"x")
-    found, _ = scan_folder(tmp_path)
+    found = scan_folder(tmp_path).files
     assert sorted(os.path.basename(state.path) for state in found) == ["..jpg", "a.tar.jpg", "photo.JPG", "x.png"]

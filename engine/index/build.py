@@ -105,13 +105,20 @@ class FolderBuild:
     def plan(self) -> list[FileState]:
         """Scan the folder, commit removals and unusable entries, return the files to read."""
         catalog, prefix = self.index.catalog, str(self.root) + os.sep
-        states, problems = scan_folder(self.root)
+        scan = scan_folder(self.root)
+        states, problems = scan.files, scan.problems
         self.summary.scanned = len(states) + len(problems)
         known = {path: record for path, record in catalog.all_files().items() if path.startswith(prefix)}
         if not states and not problems and not known:
             raise IndexStoreError(f"{self.root}: no image files found ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
         seen = {s.path for s in states} | {p for p, _ in problems}
-        gone = [path for path in known if path not in seen]
+        # a folder that cannot be listed now (permissions, a disconnected mount) keeps its files: not gone
+        unlisted = {folder: folder.rstrip(os.sep) + os.sep for folder in scan.unlisted}
+        unseen = [path for path in known if path not in seen]
+        kept = {folder: sum(path.startswith(under) for path in unseen) for folder, under in unlisted.items()}
+        problems = [(path, f"{reason}: its {kept[path]} indexed file(s) kept as they were" if kept.get(path)
+                     else reason) for path, reason in problems]
+        gone = [path for path in unseen if not path.startswith(tuple(unlisted.values()))]
         todo = []
         for state in states:
             record = known.get(state.path)

@@ -11,7 +11,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +203,12 @@ class Catalog:
         points at; log the changes."""
         now = time.time()
         new_images, links, removed_paths, skipped = list(new_images), list(links), list(removed_paths), list(skipped)
+        # a path given twice (shard rows of one file before and after an edit) holds its last content; the
+        # earlier one, held by no file, is not stored
+        holder = {path: n for n, image in enumerate(new_images) for path, *_ in image.files}
+        new_images = [replace(image, files=[file for file in image.files if holder[file[0]] == n])
+                      for n, image in enumerate(new_images)]
+        new_images = [image for image in new_images if image.files]
         cursor = self.db.cursor()
         cursor.execute("BEGIN IMMEDIATE")
         try:

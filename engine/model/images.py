@@ -202,12 +202,23 @@ class FileState:
     mtime_ns: int
 
 
-def scan_folder(folder: Path) -> tuple[list[FileState], list[tuple[str, str]]]:
+@dataclass
+class FolderScan:
+    """What a folder holds: its image files, the entries that cannot be used as (path, reason), and among
+    those the folders that could not be listed (whatever they held is unknown, not gone)."""
+
+    files: list[FileState]
+    problems: list[tuple[str, str]]
+    unlisted: list[str]
+
+
+def scan_folder(folder: Path) -> FolderScan:
     """Image files under `folder` (recursively, symlinked files followed) and unusable entries."""
-    found, problems = [], []
+    scan = FolderScan([], [], [])
 
     def on_error(error: OSError):
-        problems.append((error.filename or str(folder), f"cannot be listed ({error.strerror})"))
+        scan.unlisted.append(error.filename or str(folder))
+        scan.problems.append((scan.unlisted[-1], f"cannot be listed ({error.strerror})"))
 
     for root, dirs, names in os.walk(folder, onerror=on_error):
         dirs.sort()
@@ -218,13 +229,13 @@ def scan_folder(folder: Path) -> tuple[list[FileState], list[tuple[str, str]]]:
             try:
                 stat = os.stat(path)
             except FileNotFoundError:
-                problems.append((path, "broken symbolic link"))
+                scan.problems.append((path, "broken symbolic link"))
                 continue
             except OSError as error:
-                problems.append((path, f"cannot be read ({error.strerror})"))
+                scan.problems.append((path, f"cannot be read ({error.strerror})"))
                 continue
-            found.append(FileState(path, stat.st_size, stat.st_mtime_ns))
-    return found, problems
+            scan.files.append(FileState(path, stat.st_size, stat.st_mtime_ns))
+    return scan
 
 
 def _suffix(name: str) -> str:
@@ -236,5 +247,5 @@ def _suffix(name: str) -> str:
 
 def find_images(folder: str | Path) -> tuple[list[str], list[tuple[str, str]]]:
     """Paths of the image files under `folder`, sorted, and (path, reason) for entries that cannot be used."""
-    found, problems = scan_folder(Path(folder))
-    return [state.path for state in found], problems
+    scan = scan_folder(Path(folder))
+    return [state.path for state in scan.files], scan.problems
